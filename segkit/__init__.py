@@ -1,0 +1,15 @@
+"""segkit: semantic segmentation models, data, training and deployment for PyTorch."""
+
+from segkit.checkpoint import LoadReport, load_weights
+from segkit.models import create_model, list_backbones, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LoadReport",
+    "__version__",
+    "create_model",
+    "list_backbones",
+    "list_models",
+    "load_weights",
+]

@@ -1,0 +1,37 @@
+"""The ``segkit`` command line: one sub-command per job, each implemented next to its code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every sub-command registered."""
+    from segkit.data import doctor
+    from segkit.engine import train_cli
+    from segkit.models import zoo_cli
+
+    parser = argparse.ArgumentParser(
+        prog="segkit", description="Semantic segmentation: train, evaluate, predict, export."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = (("train", train_cli), ("models", zoo_cli), ("doctor", doctor))
+    for name, module in commands:
+        doc = (module.__doc__ or "").strip().splitlines()[0]
+        command = sub.add_parser(name, help=doc, description=doc)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``segkit`` console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

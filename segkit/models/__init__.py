@@ -1,0 +1,268 @@
+"""The model zoo: ``create_model(name, backbone=..., num_classes=...)``.
+
+One hop from a name to the code: :data:`MODELS` maps each model name to the function that
+builds its decode head from a backbone; its keyword-only parameters are the head options.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from segkit.checkpoint import load_weights
+from segkit.models.attention import check_attention
+from segkit.models.backbones import HRNETS, build_backbone, list_backbones
+from segkit.models.heads.deeplab import DeepLabV3Head, DeepLabV3PlusHead, default_aspp_rates
+from segkit.models.heads.encnet import EncNetHead
+from segkit.models.heads.fcn import FCN8sHead, FCNHead
+from segkit.models.necks import JPU, FeatureSpec
+from segkit.models.pretrained import download_backbone_weights
+from segkit.models.segmenter import Segmenter
+
+logger = logging.getLogger(__name__)
+
+
+# Builders read ``backbone``: a FeatureSpec describing the maps the head receives (the
+# backbone's, or the neck's when there is one, e.g. JPU's stride-8 map).
+
+
+def fcn(
+    backbone: FeatureSpec,
+    num_classes: int,
+    *,
+    dropout: float = 0.1,
+    attention: str | None = None,
+) -> nn.Module:
+    """Dilated FCN: an :class:`FCNHead` on the deepest map; ``attention`` in
+    ``{"psa", "se", "cbam"}`` adds that block after the head's conv-BN-ReLU."""
+    return FCNHead(backbone.channels[-1], num_classes, dropout=dropout, attention=attention)
+
+
+def fcn8s(backbone: FeatureSpec, num_classes: int, *, dropout: float = 0.1) -> nn.Module:
+    """FCN-8s: scores of the last three maps fused by upsampling and addition."""
+    return FCN8sHead(backbone.channels, num_classes, dropout=dropout)
+
+
+def deeplabv3(
+    backbone: FeatureSpec,
+    num_classes: int,
+    *,
+    aspp_rates: Sequence[int] | None = None,
+    aspp_channels: int = 256,
+    aspp_dropout: float = 0.5,
+    separable: bool = False,
+    attention: str | None = None,
+) -> nn.Module:
+    """DeepLabV3: ASPP head; rates default to (6, 12, 18) at stride 16, (12, 24, 36) at 8
+    (also with JPU, whose map is at stride 8); ``attention`` after the 3x3 conv-BN-ReLU."""
+    rates = aspp_rates or default_aspp_rates(backbone.output_stride)
+    return DeepLabV3Head(
+        backbone.channels[-1],
+        num_classes,
+        aspp_rates=rates,
+        aspp_channels=aspp_channels,
+        aspp_dropout=aspp_dropout,
+        separable=separable,
+        attention=attention,
+    )
+
+
+def deeplabv3plus(
+    backbone: FeatureSpec,
+    num_classes: int,
+    *,
+    aspp_rates: Sequence[int] | None = None,
+    aspp_channels: int = 256,
+    aspp_dropout: float = 0.5,
+    low_level_channels: int = 48,
+    decoder_channels: int = 256,
+    separable: bool = False,
+    attention: str | None = None,
+) -> nn.Module:
+    """DeepLabV3+: ASPP + decoder on the stride-4 map; ``separable`` for atrous separable convs;
+    ``attention`` after ASPP and on the projected low-level map (seed 001)."""
+    return DeepLabV3PlusHead(
+        backbone.channels,
+        num_classes,
+        aspp_rates=aspp_rates or default_aspp_rates(backbone.output_stride),
+        aspp_channels=aspp_channels,
+        aspp_dropout=aspp_dropout,
+        low_level_channels=low_level_channels,
+        decoder_channels=decoder_channels,
+        separable=separable,
+        attention=attention,
+    )
+
+
+def encnet(
+    backbone: FeatureSpec,
+    num_classes: int,
+    *,
+    lateral: bool = False,
+    se_loss: bool = False,
+    num_codes: int = 32,
+    channels: int = 512,
+    dropout: float = 0.1,
+    attention: str | None = None,
+) -> nn.Module:
+    """EncNet: Context Encoding Module head; ``lateral`` fuses c2/c3, ``se_loss`` adds the
+    ``"se"`` class-presence logits (training mode), ``attention`` before the encoding."""
+    return EncNetHead(
+        backbone.channels,
+        num_classes,
+        channels=channels,
+        num_codes=num_codes,
+        lateral=lateral,
+        se_loss=se_loss,
+        dropout=dropout,
+        attention=attention,
+    )
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "fcn": fcn,
+    "fcn8s": fcn8s,
+    "deeplabv3": deeplabv3,
+    "deeplabv3plus": deeplabv3plus,
+    "encnet": encnet,
+}
+# Output stride used when none is given: 16, except where the architecture implies another.
+DEFAULT_OUTPUT_STRIDE = {"fcn8s": 32}
+# Models that accept ``jpu=True`` (FastFCN): the head reads JPU's stride-8 map.
+JPU_MODELS = ("fcn", "encnet", "deeplabv3")
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return list(MODELS)
+
+
+def head_options(name: str) -> dict[str, Any]:
+    """The options (with defaults) that model ``name`` accepts as ``**head_options``."""
+    params = inspect.signature(_builder(name)).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}. Supported models: {list_models()}.")
+    return MODELS[name]
+
+
+def create_model(
+    name: str,
+    *,
+    backbone: str,
+    num_classes: int,
+    output_stride: int | None = None,
+    aux: bool = False,
+    jpu: bool = False,
+    pretrained_backbone: str | os.PathLike | bool | None = None,
+    multi_grid: Sequence[int] | None = None,
+    **options: Any,
+) -> Segmenter:
+    """Build a segmentation model.
+
+    Args:
+        name: one of :func:`list_models`.
+        backbone: one of :func:`list_backbones`, or ``"timm:<name>"``.
+        num_classes: number of output classes.
+        output_stride: 8, 16 or 32 (default 16; FCN-8s and JPU 32; HRNetV2 is fixed at 4).
+        aux: add an auxiliary :class:`FCNHead` on the stage before the last (train mode only).
+        jpu: FastFCN's Joint Pyramid Upsampling neck (models in :data:`JPU_MODELS`): the
+            backbone runs at output stride 32 without dilation and :class:`JPU` turns c2/c3/c4
+            into a stride-8 map for the head. Rule: JPU *replaces* dilation, so ``jpu=True``
+            with ``output_stride`` 8 or 16 raises ``ValueError`` (PyTorch-Encoding's
+            ``--jpu --dilated`` combination); leave ``output_stride`` unset or give 32. Any
+            backbone whose c2, c3, c4 are at strides 8, 16, 32 works (ResNet, MobileNetV2,
+            Xception, most timm models at output stride 32); HRNetV2 does not.
+        pretrained_backbone: path of an ImageNet weights file for the backbone (loaded by name
+            and shape, report in ``model.load_reports``); ``True`` downloads through
+            torchvision/timm, which fails with a clear message offline.
+        multi_grid: ResNet layer4 dilation factors, e.g. ``(1, 2, 4)``.
+        **options: head options of the model (see :func:`head_options`); ``None`` values are
+            dropped so that unset CLI flags never override a model's defaults.
+
+    Returns:
+        A :class:`Segmenter`; ``forward(x)`` returns ``{"out": N x num_classes x H x W, ...}``.
+
+    Raises:
+        ValueError: unknown model, backbone or option, an unsupported output stride, or JPU
+            asked for with a dilated backbone, a model without JPU support or a backbone whose
+            maps are not at strides 8/16/32.
+    """
+    builder = _builder(name)
+    options = {k: v for k, v in options.items() if v is not None}
+    valid = head_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {unknown} for model {name!r}. Valid options: {sorted(valid)}."
+        )
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    check_attention(options.get("attention"))
+    jpu = False if jpu is None else jpu  # an unset CLI flag means the default
+    _check_jpu(name, jpu, output_stride)
+    if output_stride is None and backbone not in HRNETS:
+        output_stride = 32 if jpu else DEFAULT_OUTPUT_STRIDE.get(name, 16)
+    body = build_backbone(backbone, output_stride=output_stride, multi_grid=multi_grid)
+    neck = JPU(body.channels, body.reductions) if jpu else None
+    spec: FeatureSpec = body if neck is None else neck
+    reports = []
+    if pretrained_backbone is True:
+        reports.append(load_weights(body, download_backbone_weights(backbone)))
+    elif pretrained_backbone:
+        reports.append(load_weights(body, pretrained_backbone))
+    for report in reports:
+        logger.info("pretrained backbone: %s", report)
+    aux_head = FCNHead(spec.channels[-2], num_classes, in_index=-2) if aux else None
+    config = {
+        "name": name,
+        "backbone": backbone,
+        "num_classes": num_classes,
+        "output_stride": body.output_stride,
+        "aux": aux,
+        "jpu": jpu,
+        "multi_grid": list(multi_grid) if multi_grid is not None else None,
+        **options,
+    }
+    head = builder(spec, num_classes, **options)
+    model = Segmenter(body, head, aux_head, neck=neck, config=config)
+    model.load_reports = reports
+    return model
+
+
+def _check_jpu(name: str, jpu: bool, output_stride: int | None) -> None:
+    """Validate the ``jpu`` request (see :func:`create_model`)."""
+    if not isinstance(jpu, bool):
+        raise ValueError(f"jpu must be True or False, got {jpu!r}")
+    if not jpu:
+        return
+    if name not in JPU_MODELS:
+        raise ValueError(
+            f"jpu=True is not available for model {name!r}; models with JPU: {list(JPU_MODELS)}."
+        )
+    if output_stride is not None and output_stride != 32:
+        raise ValueError(
+            f"jpu=True with output_stride={output_stride}: JPU replaces the dilated backbone "
+            "(FastFCN), it needs the backbone at output_stride=32 and itself gives stride-8 "
+            "features. Use output_stride=32 (or leave it unset) with jpu=True, or drop jpu "
+            f"to keep a dilated backbone at output_stride={output_stride}."
+        )
+
+
+__all__ = [
+    "JPU_MODELS",
+    "MODELS",
+    "Segmenter",
+    "create_model",
+    "head_options",
+    "list_backbones",
+    "list_models",
+]

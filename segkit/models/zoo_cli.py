@@ -1,0 +1,95 @@
+"""List the model zoo with parameters and GFLOPs (``segkit models``).
+
+FLOPs come from ``torch.utils.flop_counter`` (a multiply-add counts as 2 FLOPs) on the meta
+device, so the table costs no real computation; ``--smoke`` instead runs every listed model once
+on the CPU with random weights and checks its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from segkit.models import create_model, list_backbones, list_models
+from segkit.models.backbones import HRNETS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the flags of ``segkit models``."""
+    parser.add_argument("--model", action="append", choices=list_models(), help="repeatable")
+    parser.add_argument(
+        "--backbone", action="append", help=f"repeatable; {list_backbones()} or timm:<name>"
+    )
+    parser.add_argument(
+        "--output-stride", type=int, action="append", help="repeatable (default 16 and 8)"
+    )
+    parser.add_argument("--size", type=int, default=512, help="square input side for GFLOPs")
+    parser.add_argument("--num-classes", type=int, default=21)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run each model once on the CPU (random weights, 2x3x97x131) and check the output",
+    )
+
+
+def model_cost(
+    name: str, backbone: str, output_stride: int | None, num_classes: int, size: int
+) -> tuple[int, float]:
+    """Parameters and GFLOPs of one forward pass at ``size x size`` (batch 1, eval mode)."""
+    with torch.device("meta"):
+        model = create_model(
+            name, backbone=backbone, num_classes=num_classes, output_stride=output_stride
+        ).eval()
+        params = sum(p.numel() for p in model.parameters())
+        with FlopCounterMode(display=False) as counter:
+            model(torch.empty(1, 3, size, size))
+    return params, counter.get_total_flops() / 1e9
+
+
+def _rows(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    models = args.model or list_models()
+    backbones = args.backbone or list_backbones()
+    strides = args.output_stride or [16, 8]
+    rows = []
+    for backbone in backbones:
+        for stride in [4] if backbone in HRNETS else strides:
+            rows += [(model, backbone, stride) for model in models]
+    return rows
+
+
+def _smoke(name: str, backbone: str, stride: int, num_classes: int) -> str:
+    model = create_model(name, backbone=backbone, num_classes=num_classes, output_stride=stride)
+    x = torch.randn(2, 3, 97, 131)
+    with torch.no_grad():
+        out = model.eval()(x)["out"]
+    expected = (2, num_classes, 97, 131)
+    if tuple(out.shape) != expected or not torch.isfinite(out).all():
+        return f"FAILED: output {tuple(out.shape)}, expected {expected} and finite values"
+    return "ok"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the table (or smoke-test each row); exit status 1 if any row failed."""
+    failed = 0
+    if args.smoke:
+        print(f"{'model':<15}{'backbone':<22}{'OS':>4}  result")
+    else:
+        header = f"{'model':<15}{'backbone':<22}{'OS':>4}{'params (M)':>12}"
+        print(f"{header}{f'GFLOPs@{args.size}':>14}")
+    for name, backbone, stride in _rows(args):
+        start = time.perf_counter()
+        try:
+            if args.smoke:
+                result = _smoke(name, backbone, stride, args.num_classes)
+                result += f" ({time.perf_counter() - start:.1f} s)"
+            else:
+                params, gflops = model_cost(name, backbone, stride, args.num_classes, args.size)
+                result = f"{params / 1e6:>12.2f}{gflops:>14.1f}"
+        except ValueError as err:
+            result = f"  not available: {err}"
+        failed += result.startswith("FAILED")
+        print(f"{name:<15}{backbone:<22}{stride:>4}{'  ' if args.smoke else ''}{result}")
+    return 1 if failed else 0

@@ -1,0 +1,345 @@
+"""Segmentation losses: cross-entropy, focal, dice, and their combination with the auxiliary and
+SE (EncNet class-presence) terms of a model's output dict.
+
+:func:`build_criterion` returns one :class:`SegmentationLoss` that reads ``"out"``, ``"aux"``
+and ``"se"`` from the model's outputs, so the training loop needs no per-model code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LOSSES = ("ce", "focal", "dice", "ce+dice")
+
+
+def _pixel_weights(target: Tensor, weight: Tensor | None, ignore_index: int) -> Tensor:
+    """Per-pixel weights ``N x H x W``: the target class's weight, 0 at ignored pixels."""
+    valid = target != ignore_index
+    if weight is None:
+        return valid.float()
+    return weight[torch.where(valid, target, 0)] * valid
+
+
+def _weighted_mean(values: Tensor, target: Tensor, weight: Tensor | None, ignore: int) -> Tensor:
+    """Mean of per-pixel ``values`` weighted like ``F.cross_entropy(reduction="mean")``.
+
+    Unlike ``F.cross_entropy`` it returns 0 rather than NaN when every pixel is ignored (a
+    random crop can land entirely on ignore pixels).
+    """
+    w = _pixel_weights(target, weight, ignore)
+    return (values * w).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
+
+
+class CrossEntropyLoss(nn.Module):
+    """Pixel-wise cross-entropy, equal to ``F.cross_entropy(logits, target, weight,
+    ignore_index=...)`` but 0 instead of NaN for a batch without labelled pixels.
+
+    Args:
+        weight: optional per-class weights, shape ``C``.
+        ignore_index: target value of pixels that do not contribute.
+    """
+
+    def __init__(self, weight: Tensor | None = None, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """``logits`` ``N x C x H x W``, ``target`` ``N x H x W`` -> scalar loss."""
+        nll = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")
+        return _weighted_mean(nll, target, self.weight, self.ignore_index)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): per pixel ``alpha_t * (1 - p_t) ** gamma * CE``.
+
+    ``alpha_t`` is the target class's weight when class weights are given. The mean is taken
+    with the same normalisation as weighted cross-entropy (divided by the sum of ``alpha_t``
+    over labelled pixels; without weights, by their count), so ``gamma=0`` is exactly
+    :class:`CrossEntropyLoss` with or without weights, and ``gamma>0`` down-weights pixels that
+    are already well classified.
+
+    Args:
+        gamma: focusing parameter, ``>= 0``.
+        weight: optional per-class weights (alpha), shape ``C``.
+        ignore_index: target value of pixels that do not contribute.
+    """
+
+    def __init__(
+        self, gamma: float = 2.0, weight: Tensor | None = None, ignore_index: int = 255
+    ) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+        self.gamma = gamma
+        self.ignore_index = ignore_index
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """``logits`` ``N x C x H x W``, ``target`` ``N x H x W`` -> scalar loss."""
+        nll = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")
+        # 1 - p_t = 1 - exp(-nll), computed with expm1 to stay accurate when p_t is near 1. The
+        # clamp keeps the gradient of x ** gamma finite at x = 0 for 0 < gamma < 1.
+        one_minus_pt = (-torch.expm1(-nll)).clamp_min(1e-12)
+        return _weighted_mean(
+            one_minus_pt**self.gamma * nll, target, self.weight, self.ignore_index
+        )
+
+
+class DiceLoss(nn.Module):
+    """Soft multi-class dice loss over softmax probabilities: ``1 - mean_c dice_c`` with
+    ``dice_c = 2 * sum(p_c * g_c) / (sum(p_c) + sum(g_c))`` summed over the batch's labelled
+    pixels.
+
+    Ignored pixels are masked out of both probabilities and one-hot targets. The mean runs over
+    classes present in the batch's targets: a class absent from the targets has no dice to
+    reward (its false positives are still penalised through the softmax, which takes that
+    probability away from the true class). A batch with no labelled pixel gives 0, never NaN.
+
+    Args:
+        ignore_index: target value of pixels that do not contribute.
+    """
+
+    def __init__(self, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """``logits`` ``N x C x H x W``, ``target`` ``N x H x W`` -> scalar loss."""
+        num_classes = logits.shape[1]
+        valid = (target != self.ignore_index).unsqueeze(1)  # N x 1 x H x W
+        probs = logits.float().softmax(dim=1) * valid
+        onehot = F.one_hot(torch.where(valid.squeeze(1), target, 0), num_classes)
+        onehot = onehot.permute(0, 3, 1, 2).to(probs.dtype) * valid  # N x C x H x W
+        dims = (0, 2, 3)
+        intersection = (probs * onehot).sum(dims)
+        cardinality = probs.sum(dims) + onehot.sum(dims)
+        dice = 2 * intersection / cardinality.clamp_min(1e-7)
+        present = (onehot.sum(dims) > 0).to(dice.dtype)
+        return ((1 - dice) * present).sum() / present.sum().clamp_min(1)
+
+
+class CEDiceLoss(nn.Module):
+    """``CE + dice_weight * dice``; see :class:`CrossEntropyLoss` and :class:`DiceLoss`."""
+
+    def __init__(
+        self, weight: Tensor | None = None, ignore_index: int = 255, dice_weight: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.ce = CrossEntropyLoss(weight, ignore_index)
+        self.dice = DiceLoss(ignore_index)
+        self.dice_weight = dice_weight
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """``logits`` ``N x C x H x W``, ``target`` ``N x H x W`` -> scalar loss."""
+        return self.ce(logits, target) + self.dice_weight * self.dice(logits, target)
+
+
+def class_presence(target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+    """Which classes occur in each mask: the target of EncNet's SE loss.
+
+    Args:
+        target: class indices ``N x H x W``; ``ignore_index`` pixels are not counted.
+        num_classes: number of classes ``C``.
+        ignore_index: target value of pixels to skip.
+
+    Returns:
+        Float tensor ``N x C``, 1 where class ``c`` occurs in image ``n``, else 0.
+    """
+    n = target.shape[0]
+    # Ignored pixels are sent to an extra column C, which is dropped afterwards.
+    index = torch.where(target == ignore_index, num_classes, target).reshape(n, -1).long()
+    presence = torch.zeros(n, num_classes + 1, device=target.device)
+    presence.scatter_(1, index, 1.0)
+    return presence[:, :num_classes]
+
+
+class SegmentationLoss(nn.Module):
+    """The training criterion: the main loss on ``outputs["out"]``, plus the same loss on
+    ``outputs["aux"]`` and EncNet's SE loss on ``outputs["se"]`` when the model returns them.
+
+    ``total = main + aux_weight * aux + se_weight * se``. The SE term is
+    ``binary_cross_entropy_with_logits(outputs["se"], class_presence(target))``.
+
+    Args:
+        loss: per-logit loss ``(N x C x H x W logits, N x H x W target) -> scalar``.
+        num_classes: number of classes ``C``.
+        ignore_index: target value of pixels that do not contribute.
+        aux_weight: weight of the auxiliary-head term.
+        se_weight: weight of the SE term.
+    """
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        *,
+        num_classes: int,
+        ignore_index: int = 255,
+        aux_weight: float = 0.4,
+        se_weight: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.loss = loss
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.aux_weight = aux_weight
+        self.se_weight = se_weight
+
+    def forward(
+        self, outputs: dict[str, Tensor], target: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Compute the total loss.
+
+        Args:
+            outputs: the model's dict: ``"out"`` (``N x C x H x W``), optionally ``"aux"``
+                (same shape) and ``"se"`` (``N x C``).
+            target: class indices ``N x H x W``.
+
+        Returns:
+            The total loss (scalar tensor, for ``backward``) and its unweighted parts as
+            floats for logging: ``{"main": ..., "aux"?: ..., "se"?: ...}``.
+        """
+        if "out" not in outputs:
+            raise KeyError(f"model outputs need an 'out' entry, got keys {sorted(outputs)}")
+        main = self.loss(outputs["out"], target)
+        total, parts = main, {"main": main}
+        if "aux" in outputs:
+            parts["aux"] = self.loss(outputs["aux"], target)
+            total = total + self.aux_weight * parts["aux"]
+        if "se" in outputs:
+            se_logits = outputs["se"]
+            if se_logits.shape != (target.shape[0], self.num_classes):
+                raise ValueError(
+                    f"outputs['se'] has shape {tuple(se_logits.shape)}, expected "
+                    f"{(target.shape[0], self.num_classes)} (N x num_classes)"
+                )
+            presence = class_presence(target, self.num_classes, self.ignore_index)
+            parts["se"] = F.binary_cross_entropy_with_logits(se_logits, presence.to(se_logits))
+            total = total + self.se_weight * parts["se"]
+        return total, {name: value.item() for name, value in parts.items()}
+
+
+def _as_weight_tensor(
+    class_weights: Sequence[float] | Tensor | None, num_classes: int
+) -> Tensor | None:
+    if class_weights is None:
+        return None
+    weight = torch.as_tensor(class_weights, dtype=torch.float32).flatten().clone()
+    if weight.numel() != num_classes:
+        raise ValueError(
+            f"class_weights has {weight.numel()} values but num_classes is {num_classes}; "
+            "give one weight per class"
+        )
+    if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
+        raise ValueError(f"class_weights must be finite and >= 0, got {weight.tolist()}")
+    return weight
+
+
+def build_criterion(
+    name: str = "ce",
+    *,
+    num_classes: int,
+    ignore_index: int = 255,
+    class_weights: Sequence[float] | Tensor | None = None,
+    focal_gamma: float = 2.0,
+    aux_weight: float = 0.4,
+    se_weight: float = 0.2,
+    dice_weight: float = 1.0,
+) -> SegmentationLoss:
+    """Build the training criterion.
+
+    Args:
+        name: main loss, one of ``ce``, ``focal``, ``dice``, ``ce+dice``.
+        num_classes: number of classes ``C``.
+        ignore_index: target value of pixels that do not contribute.
+        class_weights: optional ``C`` per-class weights (CE weights; alpha for focal; unused
+            by pure dice), e.g. from :func:`compute_class_weights`.
+        focal_gamma: focusing parameter of the focal loss (0 gives plain CE).
+        aux_weight: weight of the auxiliary-head loss. 0.4 follows mmsegmentation;
+            PyTorch-Encoding uses 0.2 and torchvision's reference scripts 0.5.
+        se_weight: weight of EncNet's SE loss (0.2 as in PyTorch-Encoding).
+        dice_weight: weight of the dice term in ``ce+dice``.
+
+    Returns:
+        A :class:`SegmentationLoss`; call it as ``loss, parts = criterion(outputs, target)``.
+
+    Raises:
+        ValueError: for an unknown ``name`` or ``class_weights`` of the wrong length.
+    """
+    weight = _as_weight_tensor(class_weights, num_classes)
+    if name == "ce":
+        loss: nn.Module = CrossEntropyLoss(weight, ignore_index)
+    elif name == "focal":
+        loss = FocalLoss(focal_gamma, weight, ignore_index)
+    elif name == "dice":
+        loss = DiceLoss(ignore_index)
+    elif name == "ce+dice":
+        loss = CEDiceLoss(weight, ignore_index, dice_weight)
+    else:
+        raise ValueError(f"unknown loss {name!r}; valid choices: {', '.join(LOSSES)}")
+    return SegmentationLoss(
+        loss,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        aux_weight=aux_weight,
+        se_weight=se_weight,
+    )
+
+
+def class_pixel_counts(
+    masks: Iterable[Tensor | np.ndarray], num_classes: int, ignore_index: int = 255
+) -> Tensor:
+    """Number of pixels of each class over all ``masks`` (any shape), ignore pixels excluded.
+
+    Returns:
+        int64 tensor of shape ``C``.
+
+    Raises:
+        ValueError: if a mask holds a value outside ``[0, C)`` that is not ``ignore_index``.
+    """
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    for mask in masks:
+        values = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+        values = values.flatten().long()
+        values = values[values != ignore_index]
+        bad = (values < 0) | (values >= num_classes)
+        if bool(bad.any()):
+            raise ValueError(
+                f"mask values {torch.unique(values[bad]).tolist()[:20]} are outside "
+                f"[0, {num_classes}) and not ignore_index={ignore_index}"
+            )
+        counts += torch.bincount(values, minlength=num_classes).cpu()
+    return counts
+
+
+def compute_class_weights(
+    masks: Iterable[Tensor | np.ndarray], num_classes: int, ignore_index: int = 255, c: float = 1.02
+) -> Tensor:
+    """Inverse-log-frequency class weights of ENet (Paszke et al. 2016): ``1 / ln(c + p_k)``.
+
+    ``p_k`` is class ``k``'s share of the labelled pixels. The weights lie in
+    ``[1 / ln(c + 1), 1 / ln(c)]`` (about 1.4 to 50.5 for ``c = 1.02``). A class with no pixel
+    gets the formula's own value at ``p_k = 0``, the largest weight ``1 / ln(c)``: it never
+    appears as a target, so under CE or focal its weight has no effect on training.
+
+    Args:
+        masks: class-index masks (tensors or arrays), e.g. iterated from a dataset.
+        num_classes: number of classes ``C``.
+        ignore_index: mask value excluded from the counts.
+        c: ENet's constant, ``> 1`` so every weight is finite and positive.
+
+    Returns:
+        float32 tensor of shape ``C``.
+    """
+    if c <= 1:
+        raise ValueError(f"c must be > 1 so that ln(c + p) > 0, got {c}")
+    counts = class_pixel_counts(masks, num_classes, ignore_index).double()
+    total = counts.sum()
+    if total == 0:
+        raise ValueError("the masks contain no labelled pixel; cannot compute class weights")
+    return (1.0 / torch.log(c + counts / total)).float()

@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/segkit models --smoke
+	$(BIN)/segkit train
 
 test: $(STAMP)
 	$(BIN)/ruff check .

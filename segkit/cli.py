@@ -10,14 +10,20 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every sub-command registered."""
     from segkit.data import doctor
-    from segkit.engine import train_cli
+    from segkit.engine import eval_cli, predict_cli, train_cli
     from segkit.models import zoo_cli
 
     parser = argparse.ArgumentParser(
         prog="segkit", description="Semantic segmentation: train, evaluate, predict, export."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = (("train", train_cli), ("models", zoo_cli), ("doctor", doctor))
+    commands = (
+        ("train", train_cli),
+        ("eval", eval_cli),
+        ("predict", predict_cli),
+        ("doctor", doctor),
+        ("models", zoo_cli),
+    )
     for name, module in commands:
         doc = (module.__doc__ or "").strip().splitlines()[0]
         command = sub.add_parser(name, help=doc, description=doc)

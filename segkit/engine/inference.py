@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segkit.models.layers import resize
+
 MODES = ("whole", "slide")
 
 
@@ -21,12 +23,6 @@ def _pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
     if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
         raise ValueError(f"{what} must be a positive int or (height, width), got {value!r}")
     return int(pair[0]), int(pair[1])
-
-
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(x.shape[-2:]) == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def _window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -168,13 +164,13 @@ def _one_pass(
     height, width = images.shape[-2:]
     # int(v + 0.5) rounds halves up, unlike Python's round() (banker's rounding).
     size = (max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5)))
-    x = _resize(images, size)
+    x = resize(images, size)
     x = x.flip(-1) if flipped else x
     logits = (
         _forward(model, x, num_classes) if slide is None else _slide(model, x, *slide, num_classes)
     )
     logits = logits.flip(-1) if flipped else logits
-    return _resize(logits, (height, width))
+    return resize(logits, (height, width))
 
 
 def predict_mask(

@@ -13,8 +13,10 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from segkit.models import create_model, list_backbones, list_models
-from segkit.models.backbones import HRNETS
+from segkit.models import JPU_MODELS, create_model, list_backbones, list_models
+from segkit.models.backbones import HRNETS, RESNETS
+
+Row = tuple[str, str, int, bool]  # model, backbone, output stride, JPU
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,13 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_cost(
-    name: str, backbone: str, output_stride: int | None, num_classes: int, size: int
-) -> tuple[int, float]:
+def model_cost(row: Row, num_classes: int, size: int) -> tuple[int, float]:
     """Parameters and GFLOPs of one forward pass at ``size x size`` (batch 1, eval mode)."""
+    name, backbone, stride, jpu = row
     with torch.device("meta"):
         model = create_model(
-            name, backbone=backbone, num_classes=num_classes, output_stride=output_stride
+            name, backbone=backbone, num_classes=num_classes, output_stride=stride, jpu=jpu
         ).eval()
         params = sum(p.numel() for p in model.parameters())
         with FlopCounterMode(display=False) as counter:
@@ -49,19 +50,26 @@ def model_cost(
     return params, counter.get_total_flops() / 1e9
 
 
-def _rows(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+def _rows(args: argparse.Namespace) -> list[Row]:
+    """Every model x backbone x stride asked for; with ResNets also the JPU variant (OS 32),
+    so its cost can be compared with the dilated OS-8 model it replaces."""
     models = args.model or list_models()
     backbones = args.backbone or list_backbones()
     strides = args.output_stride or [16, 8]
-    rows = []
+    rows: list[Row] = []
     for backbone in backbones:
         for stride in [4] if backbone in HRNETS else strides:
-            rows += [(model, backbone, stride) for model in models]
+            rows += [(model, backbone, stride, False) for model in models]
+        if backbone in RESNETS:
+            rows += [(model, backbone, 32, True) for model in models if model in JPU_MODELS]
     return rows
 
 
-def _smoke(name: str, backbone: str, stride: int, num_classes: int) -> str:
-    model = create_model(name, backbone=backbone, num_classes=num_classes, output_stride=stride)
+def _smoke(row: Row, num_classes: int) -> str:
+    name, backbone, stride, jpu = row
+    model = create_model(
+        name, backbone=backbone, num_classes=num_classes, output_stride=stride, jpu=jpu
+    )
     x = torch.randn(2, 3, 97, 131)
     with torch.no_grad():
         out = model.eval()(x)["out"]
@@ -79,17 +87,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         header = f"{'model':<15}{'backbone':<22}{'OS':>4}{'params (M)':>12}"
         print(f"{header}{f'GFLOPs@{args.size}':>14}")
-    for name, backbone, stride in _rows(args):
+    for row in _rows(args):
+        name, backbone, stride, jpu = row
         start = time.perf_counter()
         try:
             if args.smoke:
-                result = _smoke(name, backbone, stride, args.num_classes)
+                result = _smoke(row, args.num_classes)
                 result += f" ({time.perf_counter() - start:.1f} s)"
             else:
-                params, gflops = model_cost(name, backbone, stride, args.num_classes, args.size)
+                params, gflops = model_cost(row, args.num_classes, args.size)
                 result = f"{params / 1e6:>12.2f}{gflops:>14.1f}"
         except ValueError as err:
             result = f"  not available: {err}"
         failed += result.startswith("FAILED")
-        print(f"{name:<15}{backbone:<22}{stride:>4}{'  ' if args.smoke else ''}{result}")
+        label = f"{name}+jpu" if jpu else name
+        print(f"{label:<15}{backbone:<22}{stride:>4}{'  ' if args.smoke else ''}{result}")
     return 1 if failed else 0

@@ -1,0 +1,181 @@
+"""Datasets and loaders for a run, with reproducible order and augmentation.
+
+Every training draw is a pair ``(index, seed)``: the sampler derives both from
+``(run seed, epoch, position in the epoch's permutation)`` and the dataset wrapper runs the
+random transforms under that seed. A sample therefore gets the same augmentation whatever the
+number of DataLoader workers or processes, which makes ``--resume`` exact and lets N processes
+with batch B reproduce one process with batch N x B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from segkit.config import Config
+from segkit.data import (
+    SegmentationDataset,
+    build_dataset,
+    build_eval_transforms,
+    build_train_transforms,
+)
+
+DATASET_OPTION_FIELDS = (
+    "year",
+    "num_classes",
+    "class_names",
+    "palette_file",
+    "binary_255",
+    "nodata_ignore",
+    "seed",
+    "length",
+    "image_size",
+)
+
+
+class SeededSampler(Sampler[tuple[int, int]]):
+    """Per-epoch permutation (or sequential order), sharded over ranks, resumable.
+
+    Args:
+        length: dataset size.
+        seed: run seed.
+        shuffle: permute each epoch (training) or keep file order (validation).
+        rank: this process's rank; ranks take every ``world``-th position.
+        world: number of processes.
+        drop_last: drop the tail so every rank gets the same count (training).
+    """
+
+    def __init__(
+        self,
+        length: int,
+        *,
+        seed: int,
+        shuffle: bool,
+        rank: int = 0,
+        world: int = 1,
+        drop_last: bool = True,
+    ) -> None:
+        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.rank, self.world, self.drop_last = rank, world, drop_last
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's permutation and skip its first ``start`` draws of this rank."""
+        self.epoch, self.start = epoch, start
+
+    def _positions(self) -> range:
+        total = self.length - self.length % self.world if self.drop_last else self.length
+        return range(self.rank, total, self.world)
+
+    def __len__(self) -> int:
+        return len(self._positions())
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.shuffle:
+            order = torch.randperm(self.length, generator=generator)
+        else:
+            order = torch.arange(self.length)
+        seeds = torch.randint(0, 2**62, (self.length,), generator=generator)
+        positions = self._positions()[self.start :]
+        return ((int(order[p]), int(seeds[p])) for p in positions)
+
+
+class SeededDataset(Dataset):
+    """Runs ``dataset[index]`` under a given seed, leaving the global RNG untouched."""
+
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """The training and validation datasets of a run, with their transforms."""
+    data = config.data
+    options = _dataset_options(config)
+    train_tf = build_train_transforms(
+        data.crop_size,
+        scale_range=tuple(data.scale_range) if data.scale_range else None,
+        hflip=data.hflip,
+        color_jitter=tuple(data.color_jitter) if data.color_jitter else None,
+        mean=data.mean,
+        std=data.std,
+        ignore_index=config.train.ignore_index,
+    )
+    train = build_dataset(
+        data.dataset, root=data.root, split=data.train_split, transform=train_tf, **options
+    )
+    val = build_val_dataset(config)
+    return train, val
+
+
+def build_val_dataset(config: Config, split: str | None = None) -> SegmentationDataset:
+    """The evaluation dataset (``--crop-val`` resizes and centre-crops to the crop size)."""
+    data = config.data
+    crop = data.crop_size if data.crop_val else None
+    transform = build_eval_transforms(
+        crop_size=crop,
+        resize=crop,
+        mean=data.mean,
+        std=data.std,
+        ignore_index=config.train.ignore_index,
+    )
+    options = _dataset_options(config)
+    options.pop("length", None)  # data.length sizes the training split; val_length this one
+    if data.val_length is not None:
+        options["length"] = data.val_length
+    return build_dataset(
+        data.dataset, root=data.root, split=split or data.val_split, transform=transform, **options
+    )
+
+
+def _dataset_options(config: Config) -> dict[str, Any]:
+    data = config.data
+    options = {name: getattr(data, name) for name in DATASET_OPTION_FIELDS}
+    options = {k: v for k, v in options.items() if v is not None}
+    if data.skip_bad_samples:
+        options["skip_bad_samples"] = True
+    return options
+
+
+def make_loader(
+    dataset: SegmentationDataset,
+    *,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    train: bool,
+    rank: int = 0,
+    world: int = 1,
+) -> DataLoader:
+    """A loader over ``(index, seed)`` draws; call ``loader.sampler.set_epoch`` per epoch."""
+    sampler = SeededSampler(
+        len(dataset), seed=seed, shuffle=train, rank=rank, world=world, drop_last=train
+    )
+    if train and len(sampler) < batch_size:
+        raise ValueError(
+            f"the training split has {len(dataset)} samples ({len(sampler)} per process), "
+            f"fewer than one batch of {batch_size}: lower --batch-size or add data"
+        )
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=train,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        # A private generator: creating iterators must not consume the global RNG.
+        generator=torch.Generator(),
+    )

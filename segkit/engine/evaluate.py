@@ -1,0 +1,70 @@
+"""Evaluation over a loader with the configured inference protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from segkit.config import EvalConfig
+from segkit.engine.distributed import is_main_process
+from segkit.engine.inference import predict_logits
+from segkit.metrics import SegmentationMetrics
+
+
+def inference_options(config: EvalConfig) -> dict:
+    """Keyword arguments of :func:`predict_logits` for an eval config."""
+    return {
+        "mode": config.mode,
+        "window": config.window,
+        "stride": config.stride,
+        "scales": tuple(config.scales),
+        "flip": config.flip,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    num_classes: int,
+    class_names: Sequence[str],
+    ignore_index: int,
+    device: torch.device,
+    config: EvalConfig,
+    keep_samples: int = 0,
+    progress: bool = False,
+) -> tuple[SegmentationMetrics, tuple[torch.Tensor, ...] | None]:
+    """Score ``model`` on ``(image N x 3 x H x W, mask N x H x W)`` batches.
+
+    The confusion matrix is summed over all processes under torchrun.
+
+    Returns:
+        The metrics and, if ``keep_samples``, the first images, masks and predictions.
+    """
+    was_training = model.training
+    model.eval()
+    metrics = SegmentationMetrics(
+        num_classes, ignore_index=ignore_index, class_names=class_names, device=device
+    )
+    kept: list[tuple[torch.Tensor, ...]] = []
+    if progress and is_main_process():
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="eval", unit="batch", leave=False)
+    for images, masks in batches:
+        images = images.to(device, non_blocking=True)
+        masks = masks.to(device, non_blocking=True)
+        logits = predict_logits(model, images, num_classes=num_classes, **inference_options(config))
+        pred = logits.argmax(dim=1)
+        metrics.update(pred, masks)
+        if sum(len(k[0]) for k in kept) < keep_samples:
+            kept.append((images.cpu(), masks.cpu(), pred.cpu()))
+    metrics.all_reduce()
+    model.train(was_training)
+    if not kept:
+        return metrics, None
+    samples = tuple(torch.cat(parts)[:keep_samples] for parts in zip(*kept, strict=True))
+    return metrics, samples

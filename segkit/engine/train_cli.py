@@ -1,0 +1,129 @@
+"""Train a model (``segkit train``; no arguments: the built-in recipe on ``shapes``).
+
+Precedence: built-in defaults < ``--config FILE.yaml`` < flags < ``--set section.key=value``.
+Under ``torchrun --nproc_per_node N -m segkit train ...`` it runs DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from segkit.config import Config, parse_set
+
+# flag -> config key. Every flag defaults to None ("not given") so it never hides a recipe value.
+FLAGS: dict[str, str] = {
+    "--model": "model.name",
+    "--backbone": "model.backbone",
+    "--output-stride": "model.output_stride",
+    "--pretrained-backbone": "model.pretrained_backbone",
+    "--multi-grid": "model.multi_grid",
+    "--attention": "model.attention",
+    "--dataset": "data.dataset",
+    "--data-root": "data.root",
+    "--year": "data.year",
+    "--num-classes": "data.num_classes",
+    "--palette-file": "data.palette_file",
+    "--crop-size": "data.crop_size",
+    "--workers": "data.workers",
+    "--iters": "train.iters",
+    "--epochs": "train.epochs",
+    "--batch-size": "train.batch_size",
+    "--optimizer": "train.optimizer",
+    "--lr": "train.lr",
+    "--momentum": "train.momentum",
+    "--weight-decay": "train.weight_decay",
+    "--lr-policy": "train.lr_policy",
+    "--warmup-iters": "train.warmup_iters",
+    "--backbone-lr-mult": "train.backbone_lr_mult",
+    "--loss": "train.loss",
+    "--class-weights": "train.class_weights",
+    "--focal-gamma": "train.focal_gamma",
+    "--ignore-index": "train.ignore_index",
+    "--aux-weight": "train.aux_weight",
+    "--se-weight": "train.se_weight",
+    "--init-from": "train.init_from",
+    "--freeze-backbone-iters": "train.freeze_backbone_iters",
+    "--device": "train.device",
+    "--val-interval": "train.val_interval",
+    "--seed": "train.seed",
+    "--stop-after": "train.stop_after",
+    "--work-dir": "work_dir",
+}
+SWITCHES: dict[str, str] = {
+    "--aux": "model.aux",
+    "--separable": "model.separable",
+    "--jpu": "model.jpu",
+    "--lateral": "model.lateral",
+    "--se-loss": "model.se_loss",
+    "--binary-255": "data.binary_255",
+    "--crop-val": "data.crop_val",
+    "--skip-bad-samples": "data.skip_bad_samples",
+    "--freeze-bn": "train.freeze_bn",
+    "--amp": "train.amp",
+    "--sync-bn": "train.sync_bn",
+    "--flip": "eval.flip",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``segkit train``'s flags (each maps onto a config key, shown in its help)."""
+    parser.add_argument("--config", help="YAML recipe (sections model/data/train/eval)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.lr=0.01 (repeatable)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --work-dir from last.pt"
+    )
+    for flag, key in FLAGS.items():
+        parser.add_argument(flag, dest=key, default=None, help=f"config key {key}")
+    for flag, key in SWITCHES.items():
+        parser.add_argument(
+            flag, dest=key, default=None, action=argparse.BooleanOptionalAction, help=key
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Resolve the configuration (recipe, flags, --set); on --resume start from the run's own."""
+    if args.resume:
+        if not args.work_dir:
+            raise ValueError("--resume needs --work-dir DIR (the run to continue)")
+        saved = Path(args.work_dir) / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: {saved} not found; is {args.work_dir} a run?")
+        config = Config.load(saved)
+        config.train.stop_after = None  # a limit of the interrupted invocation, not of the run
+    elif args.config:
+        config = Config.load(args.config)
+    else:
+        config = Config()
+    given: dict[str, Any] = {}
+    for key in (*FLAGS.values(), *SWITCHES.values()):
+        value = getattr(args, key)
+        if value is not None:
+            given[key] = value
+    config.update(given)
+    config.update(parse_set(args.set))
+    config.train.resume = bool(args.resume)
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; exit status 0 when done or stopped on purpose, 128+signal after SIGINT/SIGTERM."""
+    from segkit.engine.train import TrainingDivergedError, train
+
+    config = config_from_args(args)
+    try:
+        record = train(config)
+    except TrainingDivergedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if record.get("signal"):
+        return 128 + int(record["signal"])
+    return 0

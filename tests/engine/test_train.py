@@ -1,0 +1,205 @@
+"""End-to-end through the CLI on tiny data: train, eval, predict, resume, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segkit.checkpoint import load_checkpoint, load_model
+from segkit.cli import main
+from segkit.engine.train import Trainer
+from segkit.models import create_model
+
+TINY = [
+    "--model", "deeplabv3plus", "--backbone", "mobilenet_v2",
+    "--set", "data.length=16", "--set", "data.val_length=8", "--set", "data.image_size=48",
+    "--crop-size", "40",
+    "--batch-size", "4", "--workers", "0", "--set", "train.warmup_iters=0",
+]  # fmt: skip
+
+
+def _train(tmp_path: Path, name: str, *extra: str) -> tuple[int, Path]:
+    work = tmp_path / name
+    code = main(["train", *TINY, "--work-dir", str(work), *extra])
+    return code, work
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_train_writes_the_run_folder_then_eval_and_predict(tmp_path, capsys) -> None:
+    code, work = _train(tmp_path, "run", "--iters", "4", "--val-interval", "2", "--aux")
+    assert code == 0
+    assert (work / "config.yaml").is_file()
+    records = _read_jsonl(work / "metrics.jsonl")
+    assert [r["iter"] for r in records] == [2, 4]
+    for key in ("mIoU", "pixel_acc", "mean_acc", "fw_iou", "per_class_iou", "loss", "lr"):
+        assert key in records[-1]
+    assert set(records[-1]["per_class_iou"]) == {
+        "background", "circle", "square", "triangle", "star", "cross",
+    }  # fmt: skip
+    assert any((work / "tensorboard").iterdir())
+    for plot in ("curves.png", "per_class_iou.png", "confusion_matrix.png"):
+        assert Image.open(work / "plots" / plot).size[0] > 100
+    best = load_checkpoint(work / "checkpoints" / "best.pt")
+    assert best["meta"]["class_names"][1] == "circle"
+    assert best["best_score"] == max(r["mIoU"] for r in records)
+    assert "run written to" in capsys.readouterr().out
+
+    metrics_file = tmp_path / "eval.json"
+    ckpt = str(work / "checkpoints" / "last.pt")
+    assert main(["eval", "--checkpoint", ckpt, "--json", str(metrics_file)]) == 0
+    evaluated = json.loads(metrics_file.read_text())
+    assert evaluated["mIoU"] == pytest.approx(records[-1]["mIoU"], abs=1e-6)
+
+    images = tmp_path / "in" / "nested"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)).save(images / "a.png")
+    Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(images / "gray.jpg")
+    out = tmp_path / "out"
+    code = main(["predict", "--checkpoint", ckpt, str(tmp_path / "in"), "--out", str(out),
+                 "--overlay"])  # fmt: skip
+    assert code == 0
+    written = Image.open(out / "nested" / "a.png")
+    assert written.mode == "P" and written.size == (53, 37)
+    indices = np.asarray(written)
+    assert indices.max() < 6
+    # The file holds exactly the model's prediction.
+    model = load_model(ckpt)
+    mean = torch.tensor(model.meta["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.meta["std"]).view(1, 3, 1, 1)
+    x = torch.from_numpy(np.asarray(Image.open(images / "a.png"))).permute(2, 0, 1)[None] / 255
+    with torch.no_grad():
+        expected = model((x - mean) / std)["out"].argmax(1)[0].numpy()
+    assert np.array_equal(indices, expected)
+    assert (out / "nested" / "gray_overlay.png").is_file()
+
+
+def test_predict_reports_missing_and_bad_inputs(tmp_path, capsys) -> None:
+    _, work = _train(tmp_path, "run", "--iters", "1", "--val-interval", "1")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(good)
+    ckpt = str(work / "checkpoints" / "last.pt")
+    args = ["predict", "--checkpoint", ckpt, str(bad), str(tmp_path / "nope.png"), str(good)]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "nope.png" in err
+    assert (tmp_path / "out" / "good.png").is_file()
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        main(["predict", "--checkpoint", str(tmp_path / "missing.pt"), str(good)])
+
+
+def test_resume_continues_exactly(tmp_path) -> None:
+    _, straight = _train(tmp_path, "straight", "--iters", "6", "--val-interval", "3")
+    code, split = _train(tmp_path, "split", "--iters", "6", "--val-interval", "3",
+                         "--stop-after", "2")  # fmt: skip
+    assert code == 0
+    assert load_checkpoint(split / "checkpoints" / "last.pt")["iteration"] == 2
+    # Resume with DataLoader workers: augmentation is seeded per sample, so it must not matter.
+    assert main(["train", "--resume", "--work-dir", str(split), "--workers", "2"]) == 0
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(split / "checkpoints" / "last.pt")
+    assert a["iteration"] == b["iteration"] == 6
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert _read_jsonl(straight / "metrics.jsonl")[-1]["mIoU"] == pytest.approx(
+        _read_jsonl(split / "metrics.jsonl")[-1]["mIoU"]
+    )
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys) -> None:
+    code, work = _train(tmp_path, "nan", "--iters", "20", "--val-interval", "1",
+                        "--optimizer", "sgd", "--lr", "1e30")  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "iteration" in err and "intact" in err
+    last = load_checkpoint(work / "checkpoints" / "last.pt")
+    stopped = int(err.split("at iteration ")[1].split(";")[0])
+    assert last["iteration"] == stopped - 1
+    assert all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )
+
+
+def test_sigint_saves_last_and_exits_130(tmp_path, monkeypatch) -> None:
+    original = Trainer._step
+
+    def step_then_interrupt(self, images, masks, it):
+        result = original(self, images, masks, it)
+        if it == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
+    code, work = _train(tmp_path, "sig", "--iters", "10", "--val-interval", "5")
+    assert code == 128 + signal.SIGINT
+    assert load_checkpoint(work / "checkpoints" / "last.pt")["iteration"] == 2
+
+
+def test_freeze_bn_and_two_stage_training(tmp_path) -> None:
+    _, work = _train(tmp_path, "frozen", "--iters", "4", "--val-interval", "2", "--freeze-bn",
+                     "--freeze-backbone-iters", "2", "--stop-after", "2")  # fmt: skip
+    initial = load_checkpoint(work / "checkpoints" / "last.pt")["state_dict"]
+    # The same untrained model: seed 0 fixes the initial weights.
+    torch.manual_seed(0)
+    fresh = create_model("deeplabv3plus", backbone="mobilenet_v2", num_classes=6).state_dict()
+    for key, value in initial.items():
+        if key.startswith("backbone.") or "running_" in key:
+            assert torch.equal(value, fresh[key]), f"{key} changed in stage 1"
+    assert any(
+        not torch.equal(v, fresh[k]) for k, v in initial.items() if k.startswith("classifier.")
+    )
+    assert main(["train", "--resume", "--work-dir", str(work)]) == 0
+    final = load_checkpoint(work / "checkpoints" / "last.pt")["state_dict"]
+    assert any(not torch.equal(final[k], fresh[k]) for k in fresh if k.startswith("backbone."))
+    for key in (k for k in fresh if "running_" in k):
+        assert torch.equal(final[key], fresh[key]), f"{key}: --freeze-bn must keep BN statistics"
+
+
+def test_init_from_loads_matching_tensors_and_reports(tmp_path, capsys) -> None:
+    _, source = _train(tmp_path, "six", "--iters", "1", "--val-interval", "1")
+    root = tmp_path / "folder"
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(4):
+            rng = np.random.default_rng(i)
+            image = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            mask = (rng.random((40, 40)) > 0.5).astype(np.uint8)
+            Image.fromarray(image).save(root / "images" / split / f"{i}.png")
+            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
+    capsys.readouterr()
+    code = main(["train", "--dataset", "folder", "--data-root", str(root), "--num-classes", "2",
+                 "--crop-size", "32", "--batch-size", "2", "--iters", "2", "--val-interval", "2",
+                 "--workers", "0", "--work-dir", str(tmp_path / "two"),
+                 "--init-from", str(source / "checkpoints" / "last.pt")])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "shape mismatch, skipped: classifier.classifier.weight" in out
+    meta = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")["meta"]
+    assert len(meta["class_names"]) == 2 and meta["dataset"] == "folder"
+
+
+def test_sync_bn_on_cpu_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="SyncBatchNorm has no CPU kernel"):
+        _train(tmp_path, "sync", "--iters", "1", "--sync-bn", "--device", "cpu")
+
+
+def test_unknown_config_key_and_bad_value(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"Unknown config key: 'train.lrr'.*train.lr"):
+        _train(tmp_path, "x", "--set", "train.lrr=0.1")
+    with pytest.raises(ValueError, match="train.iters: 'many'"):
+        _train(tmp_path, "x", "--iters", "many")
+    with pytest.raises(ValueError, match="Unknown model 'unet'"):
+        _train(tmp_path, "x", "--model", "unet", "--iters", "1")

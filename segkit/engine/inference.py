@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -173,26 +174,7 @@ def _one_pass(
     return resize(logits, (height, width))
 
 
-def predict_mask(
-    model: nn.Module,
-    images: Tensor,
-    *,
-    mode: str = "whole",
-    window: int | tuple[int, int] | None = None,
-    stride: int | tuple[int, int] | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    num_classes: int | None = None,
-) -> Tensor:
-    """Class indices ``N x H x W`` (int64): the argmax of :func:`predict_logits` (same args)."""
-    logits = predict_logits(
-        model,
-        images,
-        mode=mode,
-        window=window,
-        stride=stride,
-        scales=scales,
-        flip=flip,
-        num_classes=num_classes,
-    )
-    return logits.argmax(dim=1)
+def predict_mask(model: nn.Module, images: Tensor, **options: Any) -> Tensor:
+    """Class indices ``N x H x W`` (int64): the argmax of :func:`predict_logits`, which takes
+    the same keyword ``options``."""
+    return predict_logits(model, images, **options).argmax(dim=1)

@@ -19,15 +19,22 @@ class ConvBNReLU(nn.Sequential):
     """Conv (no bias) -> BatchNorm -> ReLU, with 'same' padding for the given dilation."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        dilation: int = 1,
+        groups: int = 1,
     ) -> None:
+        padding = dilation * (kernel_size - 1) // 2
         super().__init__(
             nn.Conv2d(
                 in_channels,
                 out_channels,
                 kernel_size,
-                padding=dilation * (kernel_size - 1) // 2,
+                padding=padding,
                 dilation=dilation,
+                groups=groups,
                 bias=False,
             ),
             nn.BatchNorm2d(out_channels),
@@ -43,17 +50,7 @@ class SeparableConvBNReLU(nn.Sequential):
         self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1
     ) -> None:
         super().__init__(
-            nn.Conv2d(
-                in_channels,
-                in_channels,
-                kernel_size,
-                padding=dilation * (kernel_size - 1) // 2,
-                dilation=dilation,
-                groups=in_channels,
-                bias=False,
-            ),
-            nn.BatchNorm2d(in_channels),
-            nn.ReLU(inplace=True),
+            ConvBNReLU(in_channels, in_channels, kernel_size, dilation, groups=in_channels),
             ConvBNReLU(in_channels, out_channels, kernel_size=1),
         )
 

@@ -1,10 +1,12 @@
 """The typed run configuration: defaults <- YAML recipe <- CLI flags <- ``--set key=value``.
 
-The defaults are the built-in recipe that ``segkit train`` runs with no arguments (DeepLabV3+
-MobileNetV2 on the synthetic ``shapes`` set, sized for a laptop CPU). Every field can be set in
-a YAML recipe (sections ``model``, ``data``, ``train``, ``eval``), by a flag, or by
-``--set section.field=value``; an unknown key or a value of the wrong type is an error that
-lists what is valid. ``None`` means "the component's own default".
+The dataclass defaults are the standard DeepLabV3+ recipe of the popular repositories (SGD,
+lr 0.01, poly, crop 513, batch 16, 30k iterations). :data:`SHAPES_RECIPE` is the built-in
+recipe ``segkit train`` runs with no ``--config`` on the synthetic ``shapes`` set, sized to
+learn in minutes on a laptop CPU. Every field can be set in a YAML recipe (sections ``model``,
+``data``, ``train``, ``eval``), by a flag, or by ``--set section.field=value``; an unknown key
+or a value of the wrong type is an error that lists what is valid. ``None`` means "the
+component's own default".
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class ModelConfig:
     multi_grid: list[int] | None = None
     separable: bool | None = None
     aspp_rates: list[int] | None = None
+    aspp_channels: int | None = None
+    decoder_channels: int | None = None
     attention: str | None = None
     jpu: bool | None = None
     lateral: bool | None = None
@@ -58,8 +62,8 @@ class DataConfig:
     val_length: int | None = None
     image_size: int | None = None
     skip_bad_samples: bool = False
-    crop_size: int = 96
-    scale_range: list[float] | None = field(default_factory=lambda: [0.75, 1.5])
+    crop_size: int = 513
+    scale_range: list[float] | None = field(default_factory=lambda: [0.5, 2.0])
     hflip: float = 0.5
     color_jitter: list[float] | None = field(default_factory=lambda: [0.25, 0.25, 0.25, 0.0])
     crop_val: bool = False
@@ -72,18 +76,18 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, schedule, loss and the run's bookkeeping."""
 
-    iters: int = 2000
+    iters: int = 30000
     epochs: int | None = None
-    batch_size: int = 8
-    optimizer: str = "adamw"
-    lr: float = 0.002
+    batch_size: int = 16
+    optimizer: str = "sgd"
+    lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_policy: str = "poly"
     poly_power: float = 0.9
     step_size: int | None = None
     step_gamma: float = 0.1
-    warmup_iters: int = 50
+    warmup_iters: int = 0
     backbone_lr_mult: float | None = None
     loss: str = "ce"
     class_weights: list[float] | str | None = None
@@ -97,7 +101,7 @@ class TrainConfig:
     freeze_bn: bool = False
     amp: bool = False
     device: str = "auto"
-    val_interval: int = 250
+    val_interval: int = 1000
     log_interval: int = 10
     seed: int = 0
     sync_bn: bool = False
@@ -183,6 +187,37 @@ class Config:
                 f"Unknown config key: {key!r}.{suggestion} Valid keys in {parts[0]!r}: {names}."
             )
         return section, parts[1]
+
+
+# The built-in recipe: DeepLabV3+ MobileNetV2 (128-channel ASPP and decoder, auxiliary head for
+# deep supervision) trained from scratch with AdamW on 64x64 shapes. On a 2-core CPU it reaches
+# val mIoU > 0.80 in under 10 minutes (benchmarks/default_train.py).
+SHAPES_RECIPE: dict[str, Any] = {
+    "model": {
+        "name": "deeplabv3plus",
+        "backbone": "mobilenet_v2",
+        "aux": True,
+        "aspp_channels": 128,
+        "decoder_channels": 128,
+    },
+    "data": {
+        "dataset": "shapes",
+        "image_size": 64,
+        "length": 4000,
+        "crop_size": 64,
+        "scale_range": [0.75, 1.25],
+        "workers": 1,
+    },
+    "train": {
+        "iters": 1500,
+        "batch_size": 16,
+        "optimizer": "adamw",
+        "lr": 0.004,
+        "weight_decay": 0.0001,
+        "warmup_iters": 100,
+        "val_interval": 250,
+    },
+}
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

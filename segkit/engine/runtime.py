@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from segkit.config import Config
-from segkit.data import SegmentationDataset
+from segkit.data import SampleError, SegmentationDataset
 from segkit.losses import compute_class_weights
 from segkit.models import Segmenter, create_model
 
@@ -37,6 +39,8 @@ def build_model(config: Config, num_classes: int) -> Segmenter:
     options = {
         "separable": m.separable,
         "aspp_rates": m.aspp_rates,
+        "aspp_channels": m.aspp_channels,
+        "decoder_channels": m.decoder_channels,
         "attention": m.attention,
         "jpu": m.jpu,
         "lateral": m.lateral,
@@ -100,8 +104,19 @@ def class_weights_for(config: Config, dataset: SegmentationDataset) -> list[floa
         return weights
     if weights != "auto":
         raise ValueError(f"class_weights must be a list of floats or 'auto', got {weights!r}")
-    masks = (dataset.load_raw(i).mask for i in range(len(dataset)))
-    return compute_class_weights(masks, dataset.num_classes, config.train.ignore_index).tolist()
+    return compute_class_weights(
+        _good_masks(dataset), dataset.num_classes, config.train.ignore_index
+    ).tolist()
+
+
+def _good_masks(dataset: SegmentationDataset) -> Iterator[np.ndarray]:
+    """Every sample's mask; bad samples raise unless the dataset skips them."""
+    for index in range(len(dataset)):
+        try:
+            yield dataset.load_raw(index).mask
+        except SampleError:
+            if not dataset.skip_bad_samples:
+                raise
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Train a model (``segkit train``; no arguments: the built-in recipe on ``shapes``).
 
-Precedence: built-in defaults < ``--config FILE.yaml`` < flags < ``--set section.key=value``.
+Precedence: defaults < ``--config FILE.yaml`` < flags < ``--set section.key=value``. Without
+``--config``, the defaults are the built-in ``shapes`` recipe when the dataset is ``shapes``,
+else the standard DeepLabV3+ recipe (see :mod:`segkit.config`).
 Under ``torchrun --nproc_per_node N -m segkit train ...`` it runs DistributedDataParallel.
 """
 
@@ -11,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from segkit.config import Config, parse_set
+from segkit.config import SHAPES_RECIPE, Config, parse_set
 
 # flag -> config key. Every flag defaults to None ("not given") so it never hides a recipe value.
 FLAGS: dict[str, str] = {
@@ -101,6 +103,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         config.train.stop_after = None  # a limit of the interrupted invocation, not of the run
     elif args.config:
         config = Config.load(args.config)
+    elif getattr(args, "data.dataset") in (None, "shapes"):
+        config = Config.from_dict(SHAPES_RECIPE)  # `segkit train` with no recipe
     else:
         config = Config()
     given: dict[str, Any] = {}

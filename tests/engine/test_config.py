@@ -22,7 +22,17 @@ def test_defaults_recipe_flags_then_set(tmp_path) -> None:
     config = _resolve("--config", str(recipe), "--lr", "0.1", "--set", "train.lr=0.2")
     assert config.train.lr == 0.2 and config.train.iters == 10 and config.model.aux is True
     assert _resolve("--config", str(recipe), "--no-aux").model.aux is False
-    assert _resolve().model.aux is False  # an absent flag keeps the default/recipe value
+    assert _resolve("--config", str(recipe)).model.aux is True  # absent flag: recipe value
+
+
+def test_builtin_shapes_recipe_only_without_config_on_shapes() -> None:
+    builtin = _resolve()
+    assert builtin.data.dataset == "shapes" and builtin.data.image_size == 64
+    assert builtin.model.decoder_channels == 128 and builtin.train.optimizer == "adamw"
+    other = _resolve("--dataset", "voc", "--data-root", "x")
+    assert other.data.image_size is None and other.data.crop_size == 513
+    assert other.train.optimizer == "sgd" and other.train.lr == 0.01
+    assert other.model.decoder_channels is None
 
 
 def test_values_are_converted_to_the_field_types() -> None:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from segkit.checkpoint import load_checkpoint, load_model
 from segkit.cli import main
+from segkit.config import Config
 from segkit.engine.train import Trainer
 from segkit.models import create_model
 
@@ -153,7 +154,14 @@ def test_freeze_bn_and_two_stage_training(tmp_path) -> None:
     initial = load_checkpoint(work / "checkpoints" / "last.pt")["state_dict"]
     # The same untrained model: seed 0 fixes the initial weights.
     torch.manual_seed(0)
-    fresh = create_model("deeplabv3plus", backbone="mobilenet_v2", num_classes=6).state_dict()
+    fresh = create_model(
+        "deeplabv3plus",
+        backbone="mobilenet_v2",
+        num_classes=6,
+        aux=True,
+        aspp_channels=128,
+        decoder_channels=128,
+    ).state_dict()
     for key, value in initial.items():
         if key.startswith("backbone.") or "running_" in key:
             assert torch.equal(value, fresh[key]), f"{key} changed in stage 1"
@@ -203,3 +211,15 @@ def test_unknown_config_key_and_bad_value(tmp_path) -> None:
         _train(tmp_path, "x", "--iters", "many")
     with pytest.raises(ValueError, match="Unknown model 'unet'"):
         _train(tmp_path, "x", "--model", "unet", "--iters", "1")
+
+
+def test_epochs_auto_class_weights_focal_and_cpu_amp(tmp_path) -> None:
+    code, work = _train(tmp_path, "opts", "--epochs", "1", "--class-weights", "auto",
+                        "--loss", "focal", "--amp", "--val-interval", "100")  # fmt: skip
+    assert code == 0
+    resolved = Config.load(work / "config.yaml")
+    assert resolved.train.iters == 16 // 4  # one epoch of 16 samples at batch 4
+    weights = resolved.train.class_weights
+    assert isinstance(weights, list) and len(weights) == 6
+    assert weights[0] == min(weights)  # background, the most frequent class, weighs least
+    assert _read_jsonl(work / "metrics.jsonl")[-1]["iter"] == 4

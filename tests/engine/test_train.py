@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from PIL import Image
 from segkit.checkpoint import load_checkpoint, load_model
 from segkit.cli import main
 from segkit.config import Config
+from segkit.engine import eval_cli
 from segkit.engine.train import Trainer
 from segkit.models import create_model
 
@@ -223,3 +225,29 @@ def test_epochs_auto_class_weights_focal_and_cpu_amp(tmp_path) -> None:
     assert isinstance(weights, list) and len(weights) == 6
     assert weights[0] == min(weights)  # background, the most frequent class, weighs least
     assert _read_jsonl(work / "metrics.jsonl")[-1]["iter"] == 4
+
+
+def test_eval_protocols_and_predict_glob(tmp_path) -> None:
+    _, work = _train(tmp_path, "proto", "--iters", "1", "--val-interval", "1")
+    ckpt = str(work / "checkpoints" / "last.pt")
+    whole, tta = tmp_path / "whole.json", tmp_path / "tta.json"
+    assert main(["eval", "--checkpoint", ckpt, "--json", str(whole)]) == 0
+    argv = ["eval", "--checkpoint", ckpt, "--mode", "slide", "--window", "32", "--stride", "16",
+            "--scales", "0.75,1.0,1.25", "--flip", "--json", str(tta)]  # fmt: skip
+    assert main(argv) == 0
+    a, b = json.loads(whole.read_text()), json.loads(tta.read_text())
+    assert set(a) == {"mIoU", "pixel_acc", "mean_acc", "fw_iou", "per_class_iou"} == set(b)
+    # The flags reach the inference options (their effect is tested in test_inference.py).
+    parser = argparse.ArgumentParser()
+    eval_cli.add_arguments(parser)
+    config = eval_cli.run_config(parser.parse_args(argv[1:]), load_checkpoint(ckpt))
+    assert (config.eval.mode, config.eval.window, config.eval.stride) == ("slide", 32, 16)
+    assert config.eval.scales == [0.75, 1.0, 1.25] and config.eval.flip is True
+
+    for name in ("x1.png", "x2.png", "skip.txt"):
+        (tmp_path / name).write_bytes(b"")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "x1.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "x2.png")
+    out = tmp_path / "globbed"
+    assert main(["predict", "--checkpoint", ckpt, str(tmp_path / "x*.png"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["x1.png", "x2.png"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,10 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``segkit`` console script; returns the process exit status."""
+    """Entry point of the ``segkit`` console script; returns the process exit status.
+
+    Bad input (a missing file, an unknown option or value, a corrupt sample) is reported as one
+    line naming the problem and its fix, with exit status 2; ``SEGKIT_DEBUG=1`` shows the
+    traceback instead.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except (FileNotFoundError, ValueError) as err:
+        if os.environ.get("SEGKIT_DEBUG"):
+            raise
+        print(f"segkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("models", zoo_cli),
     )
     for name, module in commands:
-        doc = (module.__doc__ or "").strip().splitlines()[0]
+        doc = (module.__doc__ or "").strip().splitlines()[0].replace("``", "")
         command = sub.add_parser(name, help=doc, description=doc)
         module.add_arguments(command)
         command.set_defaults(run=module.run)

@@ -84,10 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue the run in --work-dir from last.pt"
     )
     for flag, key in FLAGS.items():
-        parser.add_argument(flag, dest=key, default=None, help=f"config key {key}")
+        metavar = key.rsplit(".", 1)[-1].upper()
+        parser.add_argument(flag, dest=key, default=None, metavar=metavar, help=f"sets {key}")
     for flag, key in SWITCHES.items():
         parser.add_argument(
-            flag, dest=key, default=None, action=argparse.BooleanOptionalAction, help=key
+            flag, dest=key, default=None, action=argparse.BooleanOptionalAction, help=f"sets {key}"
         )
 
 

@@ -2,6 +2,7 @@
 
 from segkit.checkpoint import LoadReport, load_weights
 from segkit.models import create_model, list_backbones, list_models
+from segkit.optimize import optimize_for_inference
 
 __version__ = "0.1.0"
 
@@ -12,4 +13,5 @@ __all__ = [
     "list_backbones",
     "list_models",
     "load_weights",
+    "optimize_for_inference",
 ]

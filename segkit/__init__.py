@@ -1,6 +1,7 @@
 """segkit: semantic segmentation models, data, training and deployment for PyTorch."""
 
-from segkit.checkpoint import LoadReport, load_weights
+from segkit.checkpoint import LoadReport, load_model, load_weights
+from segkit.export import export
 from segkit.models import create_model, list_backbones, list_models
 from segkit.optimize import optimize_for_inference
 
@@ -10,8 +11,10 @@ __all__ = [
     "LoadReport",
     "__version__",
     "create_model",
+    "export",
     "list_backbones",
     "list_models",
+    "load_model",
     "load_weights",
     "optimize_for_inference",
 ]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every sub-command registered."""
+    from segkit import export_cli
     from segkit.data import doctor
     from segkit.engine import eval_cli, predict_cli, train_cli
     from segkit.models import zoo_cli
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", train_cli),
         ("eval", eval_cli),
         ("predict", predict_cli),
+        ("export", export_cli),
         ("doctor", doctor),
         ("models", zoo_cli),
     )

@@ -1,0 +1,169 @@
+"""Export a segmenter to ONNX or TorchScript, then run the file and check it against PyTorch.
+
+The exported graph takes a normalised ``N x 3 x H x W`` float image and returns the logits
+``N x C x H x W`` (or, with ``argmax=True``, the ``N x H x W`` int64 class map). Batch and
+spatial size are dynamic unless ``static=(H, W)``. After writing, the file is run (ONNX Runtime
+for ONNX, ``torch.jit.load`` for TorchScript) on a random input of another size than the one
+used for export, and the export fails, leaving no file behind, when the relative difference to
+PyTorch exceeds ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from segkit.optimize import fold_batchnorm
+
+FORMATS = ("onnx", "torchscript")
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or the exported file disagrees with PyTorch."""
+
+
+@dataclass
+class ExportReport:
+    """Where the file went and how far its outputs are from PyTorch's."""
+
+    path: Path
+    format: str
+    max_abs_diff: float
+    max_rel_diff: float
+
+    def __str__(self) -> str:
+        return (
+            f"wrote {self.path} ({self.format}); max abs diff {self.max_abs_diff:.2e}, "
+            f"max rel diff {self.max_rel_diff:.2e} against PyTorch"
+        )
+
+
+class _Exported(nn.Module):
+    """The graph that is exported: logits only, or the argmax class map."""
+
+    def __init__(self, model: nn.Module, argmax: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.argmax = argmax
+
+    def forward(self, image: Tensor) -> Tensor:
+        logits = self.model(image)["out"]
+        return logits.argmax(dim=1) if self.argmax else logits
+
+
+def export(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    format: str = "onnx",
+    argmax: bool = False,
+    static: tuple[int, int] | None = None,
+    tolerance: float = 1e-3,
+) -> ExportReport:
+    """Export ``model`` to ``path`` and verify the file (see the module docstring).
+
+    Raises:
+        ValueError: unknown format.
+        ExportError: the exporter failed (its message names the operator) or the outputs of
+            the file differ from PyTorch's by more than ``tolerance`` (relative).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"Unknown export format {format!r}; valid choices: {list(FORMATS)}")
+    net = copy.deepcopy(model).cpu().eval()
+    fold_batchnorm(net)
+    wrapped = _Exported(net, argmax).eval()
+    size = static or (257, 321)
+    example = torch.randn(1, 3, *size)
+    check = torch.randn(1 if static else 2, 3, *(static or (193, 259)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if format == "onnx":
+            _to_onnx(wrapped, example, tmp, dynamic=static is None)
+            actual = _run_onnx(tmp, check)
+        else:
+            _to_torchscript(wrapped, example, tmp)
+            with torch.no_grad():
+                actual = torch.jit.load(str(tmp))(check).numpy()
+        with torch.no_grad():
+            expected = wrapped(check).numpy()
+        report = _compare(path, format, actual, expected, argmax)
+        if report.max_rel_diff > tolerance:
+            raise ExportError(
+                f"the exported {format} model differs from PyTorch: max relative difference "
+                f"{report.max_rel_diff:.2e} > {tolerance:.0e} on an input of size "
+                f"{tuple(check.shape)}. Try --static HxW."
+            )
+        os.replace(tmp, path)
+        return report
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _to_onnx(module: nn.Module, example: Tensor, path: Path, *, dynamic: bool) -> None:
+    dims = None
+    if dynamic:
+        dim = torch.export.Dim
+        dims = {"image": {0: dim("batch", max=256), 2: dim("height"), 3: dim("width")}}
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                input_names=["image"],
+                output_names=["output"],
+                dynamic_shapes=dims,
+                verbose=False,
+            )
+    except Exception as err:  # the exporter raises many types; all mean "cannot export"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(
+            f"torch.onnx could not export this model ({type(err).__name__}: {first}). "
+            "Fixed-size export (--static HxW) avoids most dynamic-shape limits."
+        ) from err
+    program.save(str(path))
+
+
+def _to_torchscript(module: nn.Module, example: Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings are checked by running the file
+        traced = torch.jit.trace(module, example, check_trace=False)
+    traced.save(str(path))
+
+
+def _run_onnx(path: Path, image: Tensor) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: image.numpy()})[0]
+
+
+def _compare(
+    path: Path, format: str, actual: np.ndarray, expected: np.ndarray, argmax: bool
+) -> ExportReport:
+    if actual.shape != expected.shape:
+        raise ExportError(
+            f"the exported {format} model returned shape {actual.shape}, PyTorch "
+            f"{expected.shape}: sizes were fixed during export; try --static HxW"
+        )
+    if argmax:  # class maps: the share of pixels whose class differs
+        differ = float((actual != expected).mean())
+        return ExportReport(path, format, differ, differ)
+    diff = np.abs(actual.astype(np.float64) - expected)
+    scale = max(float(np.abs(expected).max()), 1e-12)
+    return ExportReport(path, format, float(diff.max()), float(diff.max()) / scale)

@@ -167,3 +167,37 @@ def _compare(
     diff = np.abs(actual.astype(np.float64) - expected)
     scale = max(float(np.abs(expected).max()), 1e-12)
     return ExportReport(path, format, float(diff.max()), float(diff.max()) / scale)
+
+
+class OnnxRuntimeModel:
+    """An exported ONNX file behind the segmenter call contract (``x -> {"out": logits}``), so
+    ``segkit eval`` and ``segkit predict`` measure the deployment runtime itself.
+
+    The file must output logits (exported without ``--argmax``). A file exported with
+    ``--static HxW`` takes only that size: use ``--mode slide --window HxW`` with it.
+    """
+
+    training = False
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import onnxruntime
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"ONNX file not found: {path}")
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+        (out,) = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})
+        if out.ndim != 4:
+            raise ValueError(
+                f"the ONNX file returns shape {out.shape}, not N x C x H x W logits; export it "
+                "without --argmax to evaluate or predict with it"
+            )
+        return {"out": torch.from_numpy(out).to(x.device)}
+
+    def eval(self) -> OnnxRuntimeModel:
+        return self
+
+    def train(self, mode: bool = True) -> OnnxRuntimeModel:
+        return self

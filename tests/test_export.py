@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnxruntime
 import pytest
 import torch
+from PIL import Image
 
 import segkit
 from segkit.cli import main
@@ -34,6 +37,24 @@ def test_onnx_export_with_dynamic_size_matches_pytorch(checkpoint, tmp_path, cap
         expected = model(x)["out"].numpy()
     assert logits.shape == expected.shape
     assert np.abs(logits - expected).max() / np.abs(expected).max() < 1e-3
+
+    # Deployment-time accuracy: eval and predict through ONNX Runtime agree with PyTorch.
+    results = {}
+    for runtime in ("torch", "onnxruntime"):
+        metrics = tmp_path / f"{runtime}.json"
+        argv = ["eval", "--checkpoint", checkpoint, "--runtime", runtime, "--onnx", str(out)]
+        assert main([*argv, "--json", str(metrics)]) == 0
+        results[runtime] = json.loads(metrics.read_text())
+        image = tmp_path / "in.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), np.uint8)).save(
+            image
+        )
+        argv = ["predict", "--checkpoint", checkpoint, "--runtime", runtime, "--onnx", str(out)]
+        assert main([*argv, str(image), "--out", str(tmp_path / runtime)]) == 0
+    assert results["onnxruntime"]["mIoU"] == pytest.approx(results["torch"]["mIoU"], abs=1e-3)
+    a = np.asarray(Image.open(tmp_path / "torch" / "in.png"))
+    b = np.asarray(Image.open(tmp_path / "onnxruntime" / "in.png"))
+    assert (a == b).mean() > 0.999
 
 
 def test_argmax_and_torchscript(checkpoint, tmp_path) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from segkit.checkpoint import load_checkpoint, load_model
 from segkit.config import Config
@@ -27,6 +30,24 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", help="comma-separated, e.g. 0.75,1.0,1.25")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--runtime",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="onnxruntime: run the --onnx file exported from this checkpoint instead",
+    )
+    parser.add_argument("--onnx", type=Path, help="exported ONNX file (with --runtime onnxruntime)")
+
+
+def runtime_model(args: argparse.Namespace, model: torch.nn.Module) -> Any:
+    """The checkpoint's model, or the exported ONNX file run by ONNX Runtime."""
+    if args.runtime == "torch":
+        return model
+    if args.onnx is None:
+        raise ValueError("--runtime onnxruntime needs --onnx FILE (see `segkit export`)")
+    from segkit.export import OnnxRuntimeModel
+
+    return OnnxRuntimeModel(args.onnx)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,10 +83,11 @@ def run(args: argparse.Namespace) -> int:
     config = run_config(args, checkpoint)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)
+    runner = runtime_model(args, model)
     dataset = build_val_dataset(config, args.split)
     loader = make_loader(dataset, batch_size=1, workers=config.data.workers, seed=0, train=False)
     metrics, _ = evaluate(
-        model,
+        runner,
         loader,
         num_classes=model.config["num_classes"],
         class_names=model.meta.get("class_names", dataset.class_names),

@@ -21,7 +21,7 @@ from segkit.checkpoint import load_model
 from segkit.config import EvalConfig
 from segkit.data import colorize, read_image
 from segkit.data.io import IMAGE_SUFFIXES
-from segkit.engine.eval_cli import add_inference_arguments
+from segkit.engine.eval_cli import add_inference_arguments, runtime_model
 from segkit.engine.evaluate import inference_options
 from segkit.engine.inference import predict_mask
 from segkit.engine.runtime import resolve_device
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)
     meta = model.meta
+    runner = runtime_model(args, model)
     eval_config = EvalConfig(mode=args.mode or "whole", window=args.window, stride=args.stride)
     if args.scales:
         eval_config.scales = [float(s) for s in args.scales.split(",")]
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             failures.append(f"{image_path}: {err}")
             continue
         x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255
-        mask = predict_mask(model, (x - mean) / std, **options)[0].to(torch.uint8).cpu()
+        mask = predict_mask(runner, (x - mean) / std, **options)[0].to(torch.uint8).cpu()
         target = args.out / stem
         target.parent.mkdir(parents=True, exist_ok=True)
         coloured = colorize(mask, palette)

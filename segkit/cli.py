@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every sub-command registered."""
-    from segkit import export_cli
+    from segkit import bench, export_cli
     from segkit.data import doctor
     from segkit.engine import eval_cli, predict_cli, train_cli
     from segkit.models import zoo_cli
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", eval_cli),
         ("predict", predict_cli),
         ("export", export_cli),
+        ("bench", bench),
         ("doctor", doctor),
         ("models", zoo_cli),
     )

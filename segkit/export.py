@@ -1,11 +1,11 @@
 """Export a segmenter to ONNX or TorchScript, then run the file and check it against PyTorch.
 
 The exported graph takes a normalised ``N x 3 x H x W`` float image and returns the logits
-``N x C x H x W`` (or, with ``argmax=True``, the ``N x H x W`` int64 class map). Batch and
-spatial size are dynamic unless ``static=(H, W)``. After writing, the file is run (ONNX Runtime
-for ONNX, ``torch.jit.load`` for TorchScript) on a random input of another size than the one
-used for export, and the export fails, leaving no file behind, when the relative difference to
-PyTorch exceeds ``tolerance``.
+``N x C x H x W`` (or, with ``argmax=True``, the ``N x H x W`` int64 class map). The batch
+is dynamic; so is the spatial size unless ``static=(H, W)``. After writing, the file is run
+(ONNX Runtime for ONNX, ``torch.jit.load`` for TorchScript) on a random input of another size
+than the one used for export, and the export fails, leaving no file behind, when the relative
+difference to PyTorch exceeds ``tolerance``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def export(
     wrapped = _Exported(net, argmax).eval()
     size = static or (257, 321)
     example = torch.randn(1, 3, *size)
-    check = torch.randn(1 if static else 2, 3, *(static or (193, 259)))
+    check = torch.randn(2, 3, *(static or (193, 259)))  # batch 2: the batch stays dynamic
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -113,10 +113,10 @@ def export(
 
 
 def _to_onnx(module: nn.Module, example: Tensor, path: Path, *, dynamic: bool) -> None:
-    dims = None
+    dim = torch.export.Dim
+    dims = {"image": {0: dim("batch", max=256)}}
     if dynamic:
-        dim = torch.export.Dim
-        dims = {"image": {0: dim("batch", max=256), 2: dim("height"), 3: dim("width")}}
+        dims["image"].update({2: dim("height"), 3: dim("width")})
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():

@@ -1,0 +1,132 @@
+"""Measure inference (and training) speed against this machine's ceiling (``segkit bench``).
+
+For the plain eval model, the fast path (:func:`segkit.optimize_for_inference`) and ONNX
+Runtime it prints median and p90 latency after warm-up, images per second, GFLOPs per forward
+pass (``torch.utils.flop_counter``, a multiply-add = 2 FLOPs), the achieved GFLOP/s and that as
+a fraction of the float32 matrix-multiply rate measured in the same run (the practical ceiling).
+``--train`` adds a training step (forward, backward, optimiser) in images per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from segkit.models import create_model, list_models
+from segkit.optimize import optimize_for_inference
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``segkit bench``'s flags."""
+    parser.add_argument("--model", default="deeplabv3plus", choices=list_models())
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--output-stride", type=int, default=None)
+    parser.add_argument("--num-classes", type=int, default=21)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="default: torch's")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--train", action="store_true", help="also time a training step")
+    parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """float32 matrix-multiply rate of this machine (GFLOP/s), the practical ceiling."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds = statistics.median(timed(lambda: a @ b, repeats, 1))
+    return 2 * size**3 / seconds / 1e9
+
+
+def _onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int) -> Callable[[], object]:
+    import onnxruntime
+
+    from segkit.export import export
+
+    path = Path(tempfile.mkdtemp(prefix="segkit-bench-")) / "model.onnx"
+    export(model, path, static=tuple(x.shape[-2:]))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print one row per runtime."""
+    if args.train and args.batch < 2:
+        raise ValueError("--train needs --batch 2 or more (BatchNorm statistics in training)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    model = create_model(
+        args.model,
+        backbone=args.backbone,
+        num_classes=args.num_classes,
+        output_stride=args.output_stride,
+    ).eval()
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    gflops = counter.get_total_flops() / 1e9
+    ceiling = matmul_gflops(threads)
+    fast = optimize_for_inference(model)
+
+    def plain() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    runners: dict[str, Callable[[], object]] = {"eval model": plain, "fast path": lambda: fast(x)}
+    if not args.no_onnx:
+        runners["onnxruntime"] = _onnx_runner(model, x, threads)
+    print(
+        f"{args.model} {args.backbone} OS{model.config['output_stride']} "
+        f"{args.size}x{args.size} batch {args.batch}, {threads} threads; "
+        f"{gflops:.1f} GFLOPs per forward; fp32 matmul ceiling {ceiling:.0f} GFLOP/s"
+    )
+    print(f"{'runtime':<13}{'median ms':>10}{'p90 ms':>9}{'img/s':>8}{'GFLOP/s':>9}{'of peak':>9}")
+    for name, fn in runners.items():
+        times = sorted(timed(fn, args.repeats, args.warmup))
+        median = statistics.median(times)
+        p90 = times[min(len(times) - 1, int(0.9 * len(times)))]
+        rate = gflops / median
+        print(
+            f"{name:<13}{median * 1e3:>10.1f}{p90 * 1e3:>9.1f}{args.batch / median:>8.2f}"
+            f"{rate:>9.1f}{rate / ceiling:>9.0%}"
+        )
+    if args.train:
+        print(f"train step   {args.batch / _train_step_seconds(model, x, args):>8.2f} img/s")
+    return 0
+
+
+def _train_step_seconds(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> float:
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    target = torch.randint(0, args.num_classes, (x.shape[0], *x.shape[-2:]))
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x)["out"], target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return statistics.median(timed(step, args.repeats, args.warmup))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every sub-command registered."""
     from segkit import bench, export_cli
-    from segkit.data import doctor
+    from segkit.datasets import doctor
     from segkit.engine import eval_cli, predict_cli, train_cli
     from segkit.models import zoo_cli
 

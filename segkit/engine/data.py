@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segkit.config import Config
-from segkit.data import (
+from segkit.datasets import (
     SegmentationDataset,
     build_dataset,
     build_eval_transforms,

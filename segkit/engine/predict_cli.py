@@ -19,8 +19,8 @@ from PIL import Image
 
 from segkit.checkpoint import load_model
 from segkit.config import EvalConfig
-from segkit.data import colorize, read_image
-from segkit.data.io import IMAGE_SUFFIXES
+from segkit.datasets import colorize, read_image
+from segkit.datasets.io import IMAGE_SUFFIXES
 from segkit.engine.eval_cli import add_inference_arguments, runtime_model
 from segkit.engine.evaluate import inference_options
 from segkit.engine.inference import predict_mask

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from segkit.data import colorize, denormalize
+from segkit.datasets import colorize, denormalize
 
 
 class RunReporter:

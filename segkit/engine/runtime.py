@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from segkit.config import Config
-from segkit.data import SampleError, SegmentationDataset
+from segkit.datasets import SampleError, SegmentationDataset
 from segkit.losses import compute_class_weights
 from segkit.models import Segmenter, create_model
 

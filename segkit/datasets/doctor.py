@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from segkit.data import build_dataset, dataset_options, list_datasets
-from segkit.data.base import SegmentationDataset
-from segkit.data.io import Problem, SampleError
+from segkit.datasets import build_dataset, dataset_options, list_datasets
+from segkit.datasets.base import SegmentationDataset
+from segkit.datasets.io import Problem, SampleError
 
 
 @dataclass

@@ -12,9 +12,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from segkit.data.io import IMAGE_SUFFIXES, Problem, SampleError, read_image, read_mask
-from segkit.data.palettes import Color
-from segkit.data.transforms import build_eval_transforms
+from segkit.datasets.io import IMAGE_SUFFIXES, Problem, SampleError, read_image, read_mask
+from segkit.datasets.palettes import Color
+from segkit.datasets.transforms import build_eval_transforms
 
 Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[torch.Tensor, torch.Tensor]]
 
@@ -63,7 +63,7 @@ class SegmentationDataset(Dataset):
     Subclasses fill ``self.files`` (or override :meth:`load_raw` and ``__len__``) and set
     ``class_names`` and ``palette``. Loading validates each sample: an undecodable file, an
     image/mask size mismatch, a colour mask, or a mask value outside
-    ``[0, num_classes) ∪ {255}`` raises :class:`~segkit.data.io.SampleError` naming the file,
+    ``[0, num_classes) ∪ {255}`` raises :class:`~segkit.datasets.io.SampleError` naming the file,
     unless ``skip_bad_samples`` is set: then ``__getitem__`` warns, records the sample in
     ``bad_samples`` (per process: DataLoader workers keep their own) and returns the next good one.
 

@@ -5,7 +5,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from segkit.data.io import SampleError, read_image, read_mask
+from segkit.datasets.io import SampleError, read_image, read_mask
 
 
 def test_rgb_jpeg_and_png(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.data.transforms import (
+from segkit.datasets.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_eval_transforms,

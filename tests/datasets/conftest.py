@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from segkit.data.palettes import colorize, voc_palette
+from segkit.datasets.palettes import colorize, voc_palette
 
 
 def random_rgb(height: int, width: int, seed: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segkit.data.palettes import (
+from segkit.datasets.palettes import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
     IGNORE_COLOR,

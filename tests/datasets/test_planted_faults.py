@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segkit.data import build_dataset, doctor
-from segkit.data.io import SampleError
+from segkit.datasets import build_dataset, doctor
+from segkit.datasets.io import SampleError
 
 
 def run_doctor(capsys, *argv: str) -> tuple[int, str]:

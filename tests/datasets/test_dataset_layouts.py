@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from segkit.data import (
+from segkit.datasets import (
     DATASETS,
     build_dataset,
     build_train_transforms,
     dataset_options,
     list_datasets,
 )
-from segkit.data.palettes import colorize
+from segkit.datasets.palettes import colorize
 
 
 def test_registry_and_option_errors():

@@ -6,9 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.data.base import SampleFiles, SegmentationDataset, Transform, require_dir
-from segkit.data.io import Problem, read_mask
-from segkit.data.palettes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, cityscapes_id_to_train_id
+from segkit.datasets.base import SampleFiles, SegmentationDataset, Transform, require_dir
+from segkit.datasets.io import Problem, read_mask
+from segkit.datasets.palettes import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    cityscapes_id_to_train_id,
+)
 
 IMAGE_TAIL = "_leftImg8bit.png"
 LABEL_ID_TAIL = "_gtFine_labelIds.png"

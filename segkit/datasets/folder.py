@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.data.base import (
+from segkit.datasets.base import (
     SampleFiles,
     SegmentationDataset,
     Transform,
@@ -15,8 +15,8 @@ from segkit.data.base import (
     pair_by_stem,
     require_dir,
 )
-from segkit.data.io import Problem, SampleError, decode_label_array
-from segkit.data.palettes import colors_to_index, load_palette_file, voc_palette
+from segkit.datasets.io import Problem, SampleError, decode_label_array
+from segkit.datasets.palettes import colors_to_index, load_palette_file, voc_palette
 
 BINARY_HINT = (
     "if 255 marks the foreground of binary masks stored as 0/255, pass binary_255=True "
@@ -38,7 +38,7 @@ class FolderDataset(SegmentationDataset):
             or ``class_names``, and must agree with them if given.
         class_names: Class names in index order (a list or a comma-separated string).
         palette_file: YAML/JSON file mapping class name -> RGB (see
-            :func:`~segkit.data.palettes.load_palette_file`); needed for colour masks.
+            :func:`~segkit.datasets.palettes.load_palette_file`); needed for colour masks.
         binary_255: Masks are binary with 0 = background and 255 = foreground: 255 is read as
             class 1 (so nothing is ignored). Requires 2 classes.
         skip_bad_samples: Skip unreadable or invalid samples with a warning instead of raising.

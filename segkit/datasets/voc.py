@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from segkit.data.base import SampleFiles, SegmentationDataset, Transform
-from segkit.data.io import Problem
-from segkit.data.palettes import VOC_CLASSES, voc_palette
+from segkit.datasets.base import SampleFiles, SegmentationDataset, Transform
+from segkit.datasets.io import Problem
+from segkit.datasets.palettes import VOC_CLASSES, voc_palette
 
 YEARS = (2007, 2012)
 AUG_HELP = (

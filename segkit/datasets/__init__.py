@@ -3,7 +3,7 @@
 Every dataset yields ``(image, mask)``: a normalised ``float32`` tensor ``3 x H x W`` and an
 ``int64`` mask ``H x W`` with ``255`` = ignore, and knows its ``class_names`` and ``palette``.
 
->>> from segkit.data import build_dataset, build_train_transforms
+>>> from segkit.datasets import build_dataset, build_train_transforms
 >>> train = build_dataset("shapes", split="train", transform=build_train_transforms(96))
 >>> image, mask = train[0]
 """
@@ -14,16 +14,12 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from segkit.data.base import RawSample, SampleFiles, SegmentationDataset, Transform
-from segkit.data.datasets import (
-    Cityscapes,
-    FolderDataset,
-    MassachusettsRoads,
-    ShapesDataset,
-    VOCSegmentation,
-)
-from segkit.data.io import Problem, SampleError, read_image, read_mask
-from segkit.data.palettes import (
+from segkit.datasets.base import RawSample, SampleFiles, SegmentationDataset, Transform
+from segkit.datasets.cityscapes import Cityscapes
+from segkit.datasets.folder import FolderDataset
+from segkit.datasets.io import Problem, SampleError, read_image, read_mask
+from segkit.datasets.massroads import MassachusettsRoads
+from segkit.datasets.palettes import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
     VOC_CLASSES,
@@ -31,7 +27,8 @@ from segkit.data.palettes import (
     colors_to_index,
     voc_palette,
 )
-from segkit.data.transforms import (
+from segkit.datasets.shapes import ShapesDataset
+from segkit.datasets.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     JointTransform,
@@ -39,6 +36,7 @@ from segkit.data.transforms import (
     build_train_transforms,
     denormalize,
 )
+from segkit.datasets.voc import VOCSegmentation
 
 # One hop from a name to the code: a plain dict, no registry.
 DATASETS: dict[str, type[SegmentationDataset]] = {

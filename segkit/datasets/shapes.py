@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from segkit.data.base import RawSample, SegmentationDataset, Transform
+from segkit.datasets.base import RawSample, SegmentationDataset, Transform
 
 SHAPE_CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle", "star", "cross")
 SHAPE_PALETTE = [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.data.base import (
+from segkit.datasets.base import (
     SampleFiles,
     SegmentationDataset,
     Transform,
@@ -14,7 +14,7 @@ from segkit.data.base import (
     pair_by_stem,
     require_dir,
 )
-from segkit.data.io import Problem, read_mask
+from segkit.datasets.io import Problem, read_mask
 
 SUFFIXES = (".tif", ".tiff", ".png")
 SPLITS = ("train", "val", "test")

@@ -197,10 +197,10 @@ class HRNetV2Backbone(Backbone):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         height, width = x.shape[-2:]
-        x = F.pad(x, (0, -width % 32, 0, -height % 32))
+        x = F.pad(x, (0, _ceil_div(width, 32) * 32 - width, 0, _ceil_div(height, 32) * 32 - height))
         branches = self.body(x)[1:]  # drop the stride-2 stem
         branches = [
-            b[..., : -(-height // (4 << i)), : -(-width // (4 << i))]
+            b[..., : _ceil_div(height, 4 << i), : _ceil_div(width, 4 << i)]
             for i, b in enumerate(branches)
         ]
         size = branches[0].shape[-2:]
@@ -208,6 +208,18 @@ class HRNetV2Backbone(Backbone):
             F.interpolate(b, size=size, mode="bilinear", align_corners=False) for b in branches[1:]
         ]
         return [*branches[:3], torch.cat([branches[0], *upsampled], dim=1)]
+
+
+def _ceil_div(size: int, factor: int) -> int:
+    """``ceil(size / factor)`` for a size (a symbolic int under torch.export) and a constant.
+
+    Written with non-negative operands only: torch.export keeps ``//`` on a symbolic size in
+    the graph and the ONNX exporter turns it into an integer ``Div``, which truncates toward
+    zero where Python floors. The usual ``-(-size // factor)`` thus exports as
+    ``floor(size / factor)``, and a dynamic-size HRNetV2 graph cropped its branches one row or
+    column short at sizes that are not multiples of ``factor``.
+    """
+    return (size + factor - 1) // factor
 
 
 def build_backbone(

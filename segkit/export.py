@@ -6,6 +6,11 @@ is dynamic; so is the spatial size unless ``static=(H, W)``. After writing, the 
 (ONNX Runtime for ONNX, ``torch.jit.load`` for TorchScript) on a random input of another size
 than the one used for export, and the export fails, leaving no file behind, when the relative
 difference to PyTorch exceeds ``tolerance``.
+
+``int8=True`` (ONNX only) then quantises the checked float file with ONNX Runtime
+(:mod:`segkit.quantize`), calibrated on ``calibration`` images; a quarter of them (at least
+one, when there are two or more) is held out to measure how often the int8 class maps agree
+with PyTorch's, and the export fails below ``min_agreement``.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +29,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from segkit.models.layers import resize
 from segkit.optimize import fold_batchnorm
 
 FORMATS = ("onnx", "torchscript")
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class ExportError(RuntimeError):
@@ -39,12 +48,21 @@ class ExportReport:
     format: str
     max_abs_diff: float
     max_rel_diff: float
+    int8_agreement: float | None = None
+    int8_images: int = 0
 
     def __str__(self) -> str:
-        return (
-            f"wrote {self.path} ({self.format}); max abs diff {self.max_abs_diff:.2e}, "
-            f"max rel diff {self.max_rel_diff:.2e} against PyTorch"
+        text = (
+            f"wrote {self.path} ({self.format}"
+            f"{', int8' if self.int8_agreement is not None else ''}); float graph: max abs diff "
+            f"{self.max_abs_diff:.2e}, max rel diff {self.max_rel_diff:.2e} against PyTorch"
         )
+        if self.int8_agreement is not None:
+            text += (
+                f"; int8: {self.int8_agreement:.2%} of pixels get PyTorch's class on "
+                f"{self.int8_images} held-out calibration image(s)"
+            )
+        return text
 
 
 class _Exported(nn.Module):
@@ -68,16 +86,29 @@ def export(
     argmax: bool = False,
     static: tuple[int, int] | None = None,
     tolerance: float = 1e-3,
+    int8: bool = False,
+    calibration: Sequence[Tensor] = (),
+    calibration_method: str = "minmax",
+    min_agreement: float = 0.9,
 ) -> ExportReport:
     """Export ``model`` to ``path`` and verify the file (see the module docstring).
 
+    Args:
+        calibration: ``1 x 3 x H x W`` normalised images for ``int8`` (resized to ``static``
+            when it is given).
+
     Raises:
-        ValueError: unknown format.
-        ExportError: the exporter failed (its message names the operator) or the outputs of
-            the file differ from PyTorch's by more than ``tolerance`` (relative).
+        ValueError: unknown format, or int8 without ONNX or calibration images.
+        ExportError: the exporter failed (its message names the operator), the outputs of
+            the file differ from PyTorch's by more than ``tolerance`` (relative), or the int8
+            class maps agree with PyTorch's on fewer than ``min_agreement`` of the pixels.
     """
     if format not in FORMATS:
         raise ValueError(f"Unknown export format {format!r}; valid choices: {list(FORMATS)}")
+    if int8 and format != "onnx":
+        raise ValueError("int8 quantisation is for ONNX exports (use --format onnx)")
+    if int8 and not calibration:
+        raise ValueError("int8 quantisation needs calibration images; none were given")
     net = copy.deepcopy(model).cpu().eval()
     fold_batchnorm(net)
     wrapped = _Exported(net, argmax).eval()
@@ -92,7 +123,7 @@ def export(
     try:
         if format == "onnx":
             _to_onnx(wrapped, example, tmp, dynamic=static is None)
-            actual = _run_onnx(tmp, check)
+            (actual,) = _run_onnx(tmp, check)
         else:
             _to_torchscript(wrapped, example, tmp)
             with torch.no_grad():
@@ -106,10 +137,46 @@ def export(
                 f"{report.max_rel_diff:.2e} > {tolerance:.0e} on an input of size "
                 f"{tuple(check.shape)}. Try --static HxW."
             )
+        if int8:
+            _quantize(wrapped, tmp, report, calibration, static, calibration_method)
+            if report.int8_agreement < min_agreement:
+                raise ExportError(
+                    f"the int8 model gives PyTorch's class on only {report.int8_agreement:.1%} "
+                    f"of the held-out pixels (< {min_agreement:.0%}); try more calibration "
+                    "images, --calibration-method percentile, or keep the float model"
+                )
         os.replace(tmp, path)
         return report
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _quantize(
+    wrapped: nn.Module,
+    path: Path,
+    report: ExportReport,
+    calibration: Sequence[Tensor],
+    static: tuple[int, int] | None,
+    method: str,
+) -> None:
+    """Replace the float ONNX file at ``path`` by its int8 version; fill in the agreement."""
+    from segkit.quantize import agreement, quantize_int8
+
+    images = [x if static is None else resize(x, static) for x in calibration]
+    held_out = max(1, len(images) // 4) if len(images) >= 2 else 0
+    calibrate = images[: len(images) - held_out]
+    checks = images[len(images) - held_out :] or images
+    quantized = path.with_name(path.name + ".int8")
+    try:
+        quantize_int8(path, quantized, calibrate, method=method)
+        os.replace(quantized, path)
+    finally:
+        quantized.unlink(missing_ok=True)
+    with torch.no_grad():
+        expected = [wrapped(image) for image in checks]
+    scores = map(agreement, expected, _run_onnx(path, *checks))
+    report.int8_agreement = float(np.mean(list(scores)))
+    report.int8_images = len(checks)
 
 
 def _to_onnx(module: nn.Module, example: Tensor, path: Path, *, dynamic: bool) -> None:
@@ -131,12 +198,22 @@ def _to_onnx(module: nn.Module, example: Tensor, path: Path, *, dynamic: bool) -
                 verbose=False,
             )
     except Exception as err:  # the exporter raises many types; all mean "cannot export"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(
-            f"torch.onnx could not export this model ({type(err).__name__}: {first}). "
-            "Fixed-size export (--static HxW) avoids most dynamic-shape limits."
+            f"torch.onnx could not export this model: {_root_cause(err)}. Fixed-size export "
+            "(--static HxW) avoids most dynamic-shape limits; an operator without an ONNX "
+            "function needs another layer in the model."
         ) from err
     program.save(str(path))
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost error's first line (for a missing operator: "No ONNX function found for
+    <OpOverload(op='prims.bessel_i1', ...)>"), without the exporter's terminal colours."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    lines = str(err).strip().splitlines()
+    text = ANSI_COLOUR.sub("", lines[0] if lines else "")
+    return f"{type(err).__name__}: {text}"
 
 
 def _to_torchscript(module: nn.Module, example: Tensor, path: Path) -> None:
@@ -146,11 +223,12 @@ def _to_torchscript(module: nn.Module, example: Tensor, path: Path) -> None:
     traced.save(str(path))
 
 
-def _run_onnx(path: Path, image: Tensor) -> np.ndarray:
+def _run_onnx(path: Path, *images: Tensor) -> list[np.ndarray]:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: image.numpy()})[0]
+    name = session.get_inputs()[0].name
+    return [session.run(None, {name: image.numpy()})[0] for image in images]
 
 
 def _compare(

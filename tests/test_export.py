@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -13,6 +15,8 @@ from PIL import Image
 import segkit
 from segkit.cli import main
 from segkit.export import ExportError, export
+
+export_module = importlib.import_module("segkit.export")  # the function shadows the module
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +74,97 @@ def test_argmax_and_torchscript(checkpoint, tmp_path) -> None:
         torch.testing.assert_close(loaded(x), model(x)["out"], rtol=1e-4, atol=1e-5)
 
 
-def test_failed_check_leaves_no_file(tmp_path) -> None:
-    # HRNet's pad-and-crop depends on the input size: the dynamic ONNX graph is wrong at other
-    # sizes, which the check catches.
-    model = segkit.create_model("fcn", backbone="hrnetv2_w18", num_classes=3)
-    out = tmp_path / "hrnet.onnx"
+def test_failed_check_leaves_no_file(checkpoint, tmp_path, monkeypatch) -> None:
+    model = segkit.load_model(checkpoint)
+    out = tmp_path / "model.onnx"
+    run_onnx = export_module._run_onnx
+
+    def off_by_one_percent(path, *images):  # a planted fault in the exported file's outputs
+        return [logits * 1.01 for logits in run_onnx(path, *images)]
+
+    monkeypatch.setattr(export_module, "_run_onnx", off_by_one_percent)
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export(model, out)
     assert list(tmp_path.iterdir()) == []
-    assert export(model, out, static=(96, 128)).max_rel_diff < 1e-3  # fixed size exports fine
     with pytest.raises(ValueError, match="Unknown export format 'tflite'"):
         export(model, out, format="tflite")
+
+
+def _onnx_logits(path, x: torch.Tensor) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": x.numpy()})[0]
+
+
+def _signal_model() -> torch.nn.Module:
+    """Random weights whose logits depend on the input (He init keeps the signal alive through
+    depth; PyTorch's default init makes the logits of a deep net nearly constant)."""
+    torch.manual_seed(0)
+    model = segkit.create_model("deeplabv3plus", backbone="timm:resnet18", num_classes=3)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model.eval()
+
+
+def test_int8_export_is_quantised_close_and_checked(tmp_path) -> None:
+    model = _signal_model()
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randn(1, 3, 64, 64, generator=generator) for _ in range(8)]
+    report = export(model, tmp_path / "q.onnx", int8=True, calibration=images, min_agreement=0)
+    assert report.int8_images == 2 and report.int8_agreement > 0.9
+    graph = onnx.load(str(report.path)).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}
+    int8_weights = [
+        t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4
+    ]
+    assert len(int8_weights) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    float_bytes = 4 * sum(p.numel() for p in model.parameters())
+    assert report.path.stat().st_size < 0.4 * float_bytes
+
+    x = images[-1]  # held out: calibration used the first six
+    with torch.no_grad():
+        expected = model(x)["out"].numpy()
+
+    def rms_error(path) -> float:
+        error = _onnx_logits(path, x) - expected
+        return float(np.sqrt((error**2).mean()) / expected.std())
+
+    error = rms_error(report.path)
+    assert error < 0.25
+    # Planted fault: ranges calibrated on images 50x too bright quantise real ones coarsely.
+    too_bright = [image * 50 for image in images[:6]] + images[6:]
+    bad = export(model, tmp_path / "bad.onnx", int8=True, calibration=too_bright, min_agreement=0)
+    assert rms_error(bad.path) > 1.5 * error
+    with pytest.raises(ExportError, match="PyTorch's class on only"):
+        export(model, tmp_path / "strict.onnx", int8=True, calibration=images, min_agreement=1.01)
+    assert not (tmp_path / "strict.onnx").exists()
+    with pytest.raises(ValueError, match="needs calibration images"):
+        export(model, tmp_path / "none.onnx", int8=True)
+    with pytest.raises(ValueError, match="for ONNX exports"):
+        export(model, tmp_path / "q.pt", format="torchscript", int8=True, calibration=images)
+
+
+def test_int8_cli_calibrates_on_the_dataset_and_evaluates(checkpoint, tmp_path, capsys) -> None:
+    out = tmp_path / "model.int8.onnx"
+    argv = ["export", "--checkpoint", checkpoint, "--out", str(out), "--int8",
+            "--calibration-images", "4", "--min-agreement", "0"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "int8" in printed and "held-out calibration image(s)" in printed
+    metrics = tmp_path / "int8.json"
+    argv = ["eval", "--checkpoint", checkpoint, "--runtime", "onnxruntime", "--onnx", str(out)]
+    assert main([*argv, "--json", str(metrics)]) == 0
+    assert 0 <= json.loads(metrics.read_text())["mIoU"] <= 1
+    assert main(["export", "--checkpoint", checkpoint, "--out", str(out), "--int8",
+                 "--calibration-images", "0"]) == 2  # fmt: skip
+    assert "--calibration-images must be >= 1" in capsys.readouterr().err
+
+
+def test_unexportable_operator_is_named(tmp_path) -> None:
+    class Bessel(torch.nn.Module):  # prims.bessel_i1 has no ONNX function
+        def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"out": torch.special.i1(image)}
+
+    with pytest.raises(ExportError, match=r"No ONNX function found for .*bessel_i1"):
+        export(Bessel(), tmp_path / "bessel.onnx", static=(8, 8))
+    assert list(tmp_path.iterdir()) == []

@@ -100,6 +100,7 @@ class TrainConfig:
     freeze_backbone_iters: int = 0
     freeze_bn: bool = False
     amp: bool = False
+    channels_last: bool = True  # NHWC activations: faster convolutions (oneDNN, cuDNN)
     device: str = "auto"
     val_interval: int = 1000
     log_interval: int = 10

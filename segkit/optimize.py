@@ -4,11 +4,18 @@
 convolution that feeds it (``torch.nn.utils.fusion.fuse_conv_bn_eval``), removes dropout, uses
 the ``channels_last`` memory format (faster convolutions with oneDNN and cuDNN) and runs under
 ``torch.inference_mode``; ``compile=True`` adds ``torch.compile`` on CUDA.
+
+``precision="bf16"`` (or ``"fp16"`` on CUDA) runs the folded weights in half precision, an
+opt-in that trades accuracy for speed: on CPUs with AMX or AVX512-BF16 (Intel Sapphire Rapids
+and later, AMD Zen 4) oneDNN runs bfloat16 convolutions several times faster than float32.
+Inputs are cast on the way in and logits come back as float32. Measure its mIoU cost with
+``segkit eval --precision bf16`` before deploying it (``benchmarks/README.md`` has numbers).
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from itertools import pairwise
 
 import torch
@@ -16,23 +23,49 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 DROPOUTS = (nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def fast_bf16_cpu() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (AVX512-BF16 or AMX)."""
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return bool(native)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype for ``precision`` on ``device``; raises for combinations that cannot run."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; valid choices: {list(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device; on the CPU use bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not fast_bf16_cpu():
+        warnings.warn(
+            "this CPU has no native bfloat16 (AVX512-BF16/AMX): bf16 will be slower than fp32",
+            stacklevel=3,
+        )
+    return PRECISIONS[precision]
 
 
 class InferenceModel(nn.Module):
     """Same call contract as the wrapped segmenter (``x -> {"out": logits}``), inference only."""
 
-    def __init__(self, model: nn.Module, channels_last: bool) -> None:
+    def __init__(
+        self, model: nn.Module, channels_last: bool, dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__()
         self.model = model
         self.channels_last = channels_last
+        self.dtype = dtype
         self.config = getattr(model, "config", {})
         self.meta = getattr(model, "meta", {})
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         with torch.inference_mode():
+            x = x.to(self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return {key: value.contiguous() for key, value in self.model(x).items()}
+            out = self.model(x)
+            return {key: value.contiguous().float() for key, value in out.items()}
 
 
 def fold_batchnorm(module: nn.Module) -> int:
@@ -62,7 +95,11 @@ def fold_batchnorm(module: nn.Module) -> int:
 
 
 def optimize_for_inference(
-    model: nn.Module, *, channels_last: bool = True, compile: bool = False
+    model: nn.Module,
+    *,
+    channels_last: bool = True,
+    compile: bool = False,
+    precision: str = "fp32",
 ) -> InferenceModel:
     """A copy of ``model`` prepared for inference (the original is not modified).
 
@@ -70,19 +107,24 @@ def optimize_for_inference(
         model: a segmenter (``x -> {"out": ...}``).
         channels_last: use the NHWC memory format.
         compile: wrap with ``torch.compile`` when running on CUDA (ignored on the CPU).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA only) weights and activations.
 
     Returns:
-        An :class:`InferenceModel` whose outputs equal the eval-mode model's up to float error.
+        An :class:`InferenceModel` whose outputs equal the eval-mode model's up to float error
+        (fp32) or up to the rounding of the chosen half precision.
     """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dtype = resolve_precision(precision, device)
     fast = copy.deepcopy(model).eval()
     fold_batchnorm(fast)
     for parent in list(fast.modules()):
         for name, child in parent.named_children():
             if isinstance(child, DROPOUTS):
                 setattr(parent, name, nn.Identity())
+    fast = fast.to(dtype)  # after folding: the fold itself runs in float32
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
-    wrapped = InferenceModel(fast, channels_last)
+    wrapped = InferenceModel(fast, channels_last, dtype)
     on_cuda = any(p.is_cuda for p in fast.parameters())
     if compile and on_cuda:
         wrapped.model = torch.compile(fast)

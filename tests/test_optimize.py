@@ -60,3 +60,30 @@ def test_fast_path_matches_eval_model(name: str, backbone: str, options: dict) -
     assert (actual - expected).abs().max() / expected.abs().max() < 1e-4
     for key, value in model.state_dict().items():  # the original is untouched
         assert torch.equal(value, before[key])
+
+
+def test_bf16_fast_path_is_close_and_returns_float32() -> None:
+    torch.manual_seed(0)
+    model = segkit.create_model("deeplabv3plus", backbone="mobilenet_v2", num_classes=3)
+    for module in model.modules():  # He init: logits that depend on the input
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    model.eval()
+    fast = optimize_for_inference(model, precision="bf16")
+    assert {p.dtype for p in fast.parameters()} == {torch.bfloat16}
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        expected = model(x)["out"]
+    actual = fast(x)["out"]
+    assert actual.dtype == torch.float32 and actual.shape == expected.shape
+    rms = ((actual - expected) ** 2).mean().sqrt() / expected.std()
+    assert 1e-5 < rms < 0.1  # bfloat16 rounding, not float32 agreement, and not garbage
+    assert (actual.argmax(1) == expected.argmax(1)).float().mean() > 0.9
+
+
+def test_precision_errors() -> None:
+    model = segkit.create_model("fcn", backbone="mobilenet_v2", num_classes=3)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        optimize_for_inference(model, precision="fp16")
+    with pytest.raises(ValueError, match="Unknown precision 'int4'"):
+        optimize_for_inference(model, precision="int4")

@@ -60,6 +60,10 @@ class Trainer:
         self._report_loads(resume)
         self._check_sync_bn()
         self.model.to(self.device)
+        self.memory_format = torch.preserve_format
+        if cfg.train.channels_last:
+            self.memory_format = torch.channels_last
+            self.model.to(memory_format=self.memory_format)
         pretrained = bool(cfg.model.pretrained_backbone or cfg.train.init_from)
         cfg.train.backbone_lr_mult = resolve_backbone_lr_mult(cfg.train, pretrained)
         self.loader = make_loader(
@@ -127,7 +131,7 @@ class Trainer:
                     self.loader.sampler.set_epoch(epoch, start=position * cfg.batch_size)
                     batches = iter(self.loader)
                 images, masks = next(batches)
-                loss, parts = self._step(images, masks, it)
+                loss, parts = self.step(images, masks, it)
                 running, count = running + loss, count + 1
                 lr = self.optimizer.param_groups[-1]["lr"]
                 if self.main and (it + 1) % cfg.log_interval == 0:
@@ -151,8 +155,9 @@ class Trainer:
                 self.reporter.close()
         return record
 
-    def _step(self, images: torch.Tensor, masks: torch.Tensor, it: int) -> tuple[float, dict]:
-        images = images.to(self.device, non_blocking=True)
+    def step(self, images: torch.Tensor, masks: torch.Tensor, it: int) -> tuple[float, dict]:
+        """One optimisation step on a batch (iteration ``it``); returns the loss and its parts."""
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         masks = masks.to(self.device, non_blocking=True)
         with self._autocast():
             outputs = self.ddp(images)

@@ -65,6 +65,7 @@ SWITCHES: dict[str, str] = {
     "--skip-bad-samples": "data.skip_bad_samples",
     "--freeze-bn": "train.freeze_bn",
     "--amp": "train.amp",
+    "--channels-last": "train.channels_last",
     "--sync-bn": "train.sync_bn",
     "--flip": "eval.flip",
 }

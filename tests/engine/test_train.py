@@ -19,6 +19,7 @@ from segkit.config import Config
 from segkit.engine import eval_cli
 from segkit.engine.train import Trainer
 from segkit.models import create_model
+from segkit.optimize import InferenceModel
 
 TINY = [
     "--model", "deeplabv3plus", "--backbone", "mobilenet_v2",
@@ -137,7 +138,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys) -> 
 
 
 def test_sigint_saves_last_and_exits_130(tmp_path, monkeypatch) -> None:
-    original = Trainer._step
+    original = Trainer.step
 
     def step_then_interrupt(self, images, masks, it):
         result = original(self, images, masks, it)
@@ -145,7 +146,7 @@ def test_sigint_saves_last_and_exits_130(tmp_path, monkeypatch) -> None:
             os.kill(os.getpid(), signal.SIGINT)
         return result
 
-    monkeypatch.setattr(Trainer, "_step", step_then_interrupt)
+    monkeypatch.setattr(Trainer, "step", step_then_interrupt)
     code, work = _train(tmp_path, "sig", "--iters", "10", "--val-interval", "5")
     assert code == 128 + signal.SIGINT
     assert load_checkpoint(work / "checkpoints" / "last.pt")["iteration"] == 2
@@ -259,6 +260,15 @@ def test_eval_protocols_and_predict_glob(tmp_path) -> None:
     config = eval_cli.run_config(parser.parse_args(argv[1:]), load_checkpoint(ckpt))
     assert (config.eval.mode, config.eval.window, config.eval.stride) == ("slide", 32, 16)
     assert config.eval.scales == [0.75, 1.0, 1.25] and config.eval.flip is True
+    # eval runs the fast path; bf16 is the opt-in reduced precision, not for ONNX files.
+    runner = eval_cli.runtime_model(parser.parse_args(argv[1:]), load_model(ckpt))
+    assert isinstance(runner, InferenceModel) and runner.dtype == torch.float32
+    bf16 = tmp_path / "bf16.json"
+    assert main(["eval", "--checkpoint", ckpt, "--precision", "bf16", "--json", str(bf16)]) == 0
+    assert 0 <= json.loads(bf16.read_text())["mIoU"] <= 1
+    argv = ["eval", "--checkpoint", ckpt, "--runtime", "onnxruntime", "--onnx", "m.onnx",
+            "--precision", "bf16"]  # fmt: skip
+    assert main(argv) == 2
 
     for name in ("x1.png", "x2.png", "skip.txt"):
         (tmp_path / name).write_bytes(b"")

@@ -4,6 +4,9 @@ For the plain eval model, the fast path (:func:`segkit.optimize_for_inference`) 
 Runtime it prints median and p90 latency after warm-up, images per second, GFLOPs per forward
 pass (``torch.utils.flop_counter``, a multiply-add = 2 FLOPs), the achieved GFLOP/s and that as
 a fraction of the float32 matrix-multiply rate measured in the same run (the practical ceiling).
+The opt-in reduced-precision paths follow: the fast path in bfloat16 (on CPUs with native
+bf16, and on CUDA) and ONNX Runtime int8 (calibrated on random images here: a speed figure
+only; ``segkit export --int8`` calibrates on real ones and reports the agreement).
 ``--train`` adds a training step (forward, backward, optimiser) in images per second.
 """
 
@@ -20,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from segkit.models import create_model, list_models
-from segkit.optimize import optimize_for_inference
+from segkit.optimize import fast_bf16_cpu, optimize_for_inference
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,13 +60,25 @@ def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / seconds / 1e9
 
 
-def _onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int) -> Callable[[], object]:
+def onnx_runner(
+    model: torch.nn.Module, x: torch.Tensor, threads: int, *, int8: bool = False
+) -> Callable[[], object]:
+    """A closure that runs ``model`` exported to ONNX (fixed size, optionally int8) on ``x``."""
     import onnxruntime
 
     from segkit.export import export
 
     path = Path(tempfile.mkdtemp(prefix="segkit-bench-")) / "model.onnx"
-    export(model, path, static=tuple(x.shape[-2:]))
+    generator = torch.Generator().manual_seed(0)
+    calibration = [torch.randn(x[:1].shape, generator=generator) for _ in range(4)]
+    export(
+        model,
+        path,
+        static=tuple(x.shape[-2:]),
+        int8=int8,
+        calibration=calibration if int8 else (),
+        min_agreement=0.0,  # random weights and images: speed only
+    )
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -97,7 +112,12 @@ def run(args: argparse.Namespace) -> int:
 
     runners: dict[str, Callable[[], object]] = {"eval model": plain, "fast path": lambda: fast(x)}
     if not args.no_onnx:
-        runners["onnxruntime"] = _onnx_runner(model, x, threads)
+        runners["onnxruntime"] = onnx_runner(model, x, threads)
+    if fast_bf16_cpu():
+        fast_bf16 = optimize_for_inference(model, precision="bf16")
+        runners["fast bf16"] = lambda: fast_bf16(x)
+    if not args.no_onnx:
+        runners["ort int8"] = onnx_runner(model, x, threads, int8=True)
     print(
         f"{args.model} {args.backbone} OS{model.config['output_stride']} "
         f"{args.size}x{args.size} batch {args.batch}, {threads} threads; "

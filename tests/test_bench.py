@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from segkit.cli import main
+from segkit.optimize import fast_bf16_cpu
 
 
 def _consistent(images_per_second: float, median_ms: float) -> bool:
@@ -16,15 +17,16 @@ def test_bench_rows(capsys) -> None:
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("runtime"))
-    rows = {line.split()[0]: line.split() for line in lines[header + 1 :]}
-    assert {"eval", "fast", "onnxruntime", "train"} <= set(rows)
-    for name in ("eval", "fast"):  # "eval model", "fast path": two-word names
-        median, p90, images = (float(v) for v in rows[name][2:5])
+    rows = {line[:13].strip(): line[13:].split() for line in lines[header + 1 :]}
+    expected = {"eval model", "fast path", "onnxruntime", "ort int8", "train step"}
+    if fast_bf16_cpu():
+        expected.add("fast bf16")
+    assert set(rows) == expected
+    for name in expected - {"train step"}:
+        median, p90, images = (float(v) for v in rows[name][:3])
         assert 0 < median <= p90
         assert _consistent(images, median)
-    median, _, images, _ = (float(v) for v in rows["onnxruntime"][1:5])
-    assert _consistent(images, median)
-    assert float(rows["train"][2]) > 0
+    assert float(rows["train step"][0]) > 0
 
 
 def test_bench_train_needs_two_images(capsys) -> None:

@@ -7,7 +7,8 @@ a fraction of the float32 matrix-multiply rate measured in the same run (the pra
 The opt-in reduced-precision paths follow: the fast path in bfloat16 (on CPUs with native
 bf16, and on CUDA) and ONNX Runtime int8 (calibrated on random images here: a speed figure
 only; ``segkit export --int8`` calibrates on real ones and reports the agreement).
-``--train`` adds a training step (forward, backward, optimiser) in images per second.
+``--compile`` adds the fast path under ``torch.compile``; ``--train`` adds a training step
+(forward, backward, optimiser) in images per second.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--train", action="store_true", help="also time a training step")
     parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile'd fast path")
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
@@ -111,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
             model(x)
 
     runners: dict[str, Callable[[], object]] = {"eval model": plain, "fast path": lambda: fast(x)}
+    if args.compile:
+        compiled = optimize_for_inference(model, compile=True)
+        runners["fast compiled"] = lambda: compiled(x)
     if not args.no_onnx:
         runners["onnxruntime"] = onnx_runner(model, x, threads)
     if fast_bf16_cpu():

@@ -3,7 +3,10 @@
 :func:`optimize_for_inference` puts the copy in eval mode, folds every BatchNorm into the
 convolution that feeds it (``torch.nn.utils.fusion.fuse_conv_bn_eval``), removes dropout, uses
 the ``channels_last`` memory format (faster convolutions with oneDNN and cuDNN) and runs under
-``torch.inference_mode``; ``compile=True`` adds ``torch.compile`` on CUDA.
+``torch.inference_mode``; ``compile=True`` adds ``torch.compile`` (Inductor), opt-in because
+the first call compiles (8-25 s for the models here on a 2-core CPU, again for each new input
+size) and, on the CPU, needs a C++ compiler; it then runs 1.2-1.4x faster than the eager
+fast path on the CPU (``benchmarks/README.md``).
 
 ``precision="bf16"`` (or ``"fp16"`` on CUDA) runs the folded weights in half precision, an
 opt-in that trades accuracy for speed: on CPUs with AMX or AVX512-BF16 (Intel Sapphire Rapids
@@ -15,6 +18,8 @@ Inputs are cast on the way in and logits come back as float32. Measure its mIoU 
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import warnings
 from itertools import pairwise
 
@@ -30,6 +35,12 @@ def fast_bf16_cpu() -> bool:
     """Whether this CPU runs bfloat16 convolutions natively (AVX512-BF16 or AMX)."""
     native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return bool(native)
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler Inductor would use on the CPU, if there is one."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++"]
+    return next((path for name in names if (path := shutil.which(name))), None)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -106,7 +117,7 @@ def optimize_for_inference(
     Args:
         model: a segmenter (``x -> {"out": ...}``).
         channels_last: use the NHWC memory format.
-        compile: wrap with ``torch.compile`` when running on CUDA (ignored on the CPU).
+        compile: wrap with ``torch.compile`` (CPU: needs ``g++``/``clang++`` or ``$CXX``).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA only) weights and activations.
 
     Returns:
@@ -125,7 +136,11 @@ def optimize_for_inference(
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
     wrapped = InferenceModel(fast, channels_last, dtype)
-    on_cuda = any(p.is_cuda for p in fast.parameters())
-    if compile and on_cuda:
+    if compile:
+        if device.type == "cpu" and not cpp_compiler():
+            raise ValueError(
+                "torch.compile on the CPU needs a C++ compiler (g++ or clang++, or set CXX); "
+                "install one or run without compile"
+            )
         wrapped.model = torch.compile(fast)
     return wrapped

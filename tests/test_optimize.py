@@ -8,7 +8,7 @@ from torch import nn
 
 import segkit
 from segkit.models.backbones import HRNETS
-from segkit.optimize import optimize_for_inference
+from segkit.optimize import cpp_compiler, optimize_for_inference
 
 CASES = [
     (model, backbone)
@@ -87,3 +87,23 @@ def test_precision_errors() -> None:
         optimize_for_inference(model, precision="fp16")
     with pytest.raises(ValueError, match="Unknown precision 'int4'"):
         optimize_for_inference(model, precision="int4")
+
+
+@pytest.mark.skipif(cpp_compiler() is None, reason="torch.compile on the CPU needs g++/clang++")
+def test_compiled_fast_path_matches_eval_model() -> None:
+    torch.manual_seed(0)
+    model = segkit.create_model("fcn", backbone="timm:resnet18", num_classes=3).eval()
+    _random_statistics(model)
+    compiled = optimize_for_inference(model, compile=True)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(x)["out"]
+    actual = compiled(x)["out"]
+    assert (actual - expected).abs().max() / expected.abs().max() < 1e-4
+
+
+def test_compile_without_a_compiler_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    model = segkit.create_model("fcn", backbone="mobilenet_v2", num_classes=3)
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        optimize_for_inference(model, compile=True)

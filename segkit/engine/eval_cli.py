@@ -44,19 +44,24 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         default="fp32",
         help="torch runtime: bf16 is much faster on CPUs with AMX/AVX512-BF16, at some accuracy",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch runtime: torch.compile the model (slow first call; faster after)",
+    )
 
 
 def runtime_model(args: argparse.Namespace, model: torch.nn.Module) -> Any:
     """The checkpoint's model on the inference fast path, or the exported ONNX file run by ONNX
     Runtime."""
     if args.runtime == "torch":
-        return optimize_for_inference(model, precision=args.precision)
+        return optimize_for_inference(model, precision=args.precision, compile=args.compile)
     if args.onnx is None:
         raise ValueError("--runtime onnxruntime needs --onnx FILE (see `segkit export`)")
-    if args.precision != "fp32":
+    if args.precision != "fp32" or args.compile:
         raise ValueError(
-            "--precision applies to --runtime torch; an ONNX file runs in the precision it was "
-            "exported with (see `segkit export --int8`)"
+            "--precision and --compile apply to --runtime torch; an ONNX file runs as it was "
+            "exported (see `segkit export --int8`)"
         )
     from segkit.export import OnnxRuntimeModel
 

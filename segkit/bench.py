@@ -83,6 +83,9 @@ def onnx_runner(
     )
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
+    # ONNX Runtime's idle threads spin for a while after each run by default, which would
+    # steal the cores from whatever runs next in the same process (the next row here).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)

@@ -30,7 +30,6 @@ class _Images:
 
     def __init__(self, input_name: str, images: Sequence[Tensor]) -> None:
         self.input_name = input_name
-        self.images = images
         self.iterator: Iterator[Tensor] = iter(images)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -38,9 +37,6 @@ class _Images:
         if image is None:
             return None
         return {self.input_name: image.detach().cpu().float().numpy()}
-
-    def rewind(self) -> None:
-        self.iterator = iter(self.images)
 
 
 def quantize_int8(
@@ -77,25 +73,30 @@ def quantize_int8(
     session = onnxruntime.InferenceSession(str(src), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     del session
-    logging.getLogger("root").setLevel(logging.ERROR)  # the quantiser logs through the root
-    with tempfile.TemporaryDirectory(prefix="segkit-quant-") as work:
-        prepared = Path(work) / "prepared.onnx"
-        # Shape inference and graph clean-up first, as ONNX Runtime recommends for QDQ.
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(dst),
-            _Images(input_name, images),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method={
-                "minmax": CalibrationMethod.MinMax,
-                "percentile": CalibrationMethod.Percentile,
-                "entropy": CalibrationMethod.Entropy,
-            }[method],
-        )
+    root = logging.getLogger()  # the quantiser logs its progress through the root logger
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory(prefix="segkit-quant-") as work:
+            prepared = Path(work) / "prepared.onnx"
+            # Shape inference and graph clean-up first, as ONNX Runtime recommends for QDQ.
+            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared),
+                str(dst),
+                _Images(input_name, images),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method={
+                    "minmax": CalibrationMethod.MinMax,
+                    "percentile": CalibrationMethod.Percentile,
+                    "entropy": CalibrationMethod.Entropy,
+                }[method],
+            )
+    finally:
+        root.setLevel(level)
 
 
 def agreement(expected: Tensor | np.ndarray, actual: Tensor | np.ndarray) -> float:

@@ -5,8 +5,8 @@ convolution that feeds it (``torch.nn.utils.fusion.fuse_conv_bn_eval``), removes
 the ``channels_last`` memory format (faster convolutions with oneDNN and cuDNN) and runs under
 ``torch.inference_mode``; ``compile=True`` adds ``torch.compile`` (Inductor), opt-in because
 the first call compiles (8-25 s for the models here on a 2-core CPU, again for each new input
-size) and, on the CPU, needs a C++ compiler; it then runs 1.2-1.4x faster than the eager
-fast path on the CPU (``benchmarks/README.md``).
+size) and, on the CPU, needs a C++ compiler; it then ran 1.0-1.6x faster than the eager
+fast path on a 2-core CPU, most on MobileNetV2 (``benchmarks/README.md``).
 
 ``precision="bf16"`` (or ``"fp16"`` on CUDA) runs the folded weights in half precision, an
 opt-in that trades accuracy for speed: on CPUs with AMX or AVX512-BF16 (Intel Sapphire Rapids

@@ -57,6 +57,13 @@ class RawSample:
     warnings: list[Problem] = field(default_factory=list)
 
 
+def require_root(root: str | Path | None, dataset: str) -> Path:
+    """``root`` as a path; datasets read from files need one (``--data-root DIR``)."""
+    if root is None:
+        raise ValueError(f"dataset {dataset!r} needs a data root (--data-root DIR)")
+    return Path(root)
+
+
 class SegmentationDataset(Dataset):
     """Base of every dataset: yields ``(image 3 x H x W float32, mask H x W int64)``.
 

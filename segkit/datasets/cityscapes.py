@@ -6,7 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.datasets.base import SampleFiles, SegmentationDataset, Transform, require_dir
+from segkit.datasets.base import (
+    SampleFiles,
+    SegmentationDataset,
+    Transform,
+    require_dir,
+    require_root,
+)
 from segkit.datasets.io import Problem, read_mask
 from segkit.datasets.palettes import (
     CITYSCAPES_CLASSES,
@@ -43,11 +49,9 @@ class Cityscapes(SegmentationDataset):
         skip_bad_samples: bool = False,
     ):
         super().__init__(split=split, transform=transform, skip_bad_samples=skip_bad_samples)
-        if root is None:
-            raise ValueError("dataset 'cityscapes' needs a data root (--data-root DIR)")
+        self.root = require_root(root, "cityscapes")
         self.class_names = list(CITYSCAPES_CLASSES)
         self.palette = list(CITYSCAPES_PALETTE)
-        self.root = Path(root)
         fix = "Point --data-root at the folder holding leftImg8bit/ and gtFine/."
         image_root = require_dir(
             self.root / "leftImg8bit" / split, f"Cityscapes split '{split}'", fix

@@ -14,6 +14,7 @@ from segkit.datasets.base import (
     index_by_stem,
     pair_by_stem,
     require_dir,
+    require_root,
 )
 from segkit.datasets.io import Problem, SampleError, decode_label_array
 from segkit.datasets.palettes import colors_to_index, load_palette_file, voc_palette
@@ -57,9 +58,7 @@ class FolderDataset(SegmentationDataset):
         skip_bad_samples: bool = False,
     ):
         super().__init__(split=split, transform=transform, skip_bad_samples=skip_bad_samples)
-        if root is None:
-            raise ValueError("dataset 'folder' needs a data root (--data-root DIR)")
-        self.root = Path(root)
+        self.root = require_root(root, "folder")
         self.binary_255 = bool(binary_255)
         self._color_palette: list[tuple[int, int, int]] | None = None
         self._ignore_colors: list[tuple[int, int, int]] = []

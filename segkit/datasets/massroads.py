@@ -13,6 +13,7 @@ from segkit.datasets.base import (
     index_by_stem,
     pair_by_stem,
     require_dir,
+    require_root,
 )
 from segkit.datasets.io import Problem, read_mask
 
@@ -48,14 +49,12 @@ class MassachusettsRoads(SegmentationDataset):
         skip_bad_samples: bool = False,
     ):
         super().__init__(split=split, transform=transform, skip_bad_samples=skip_bad_samples)
-        if root is None:
-            raise ValueError("dataset 'massroads' needs a data root (--data-root DIR)")
+        self.root = require_root(root, "massroads")
         if split not in SPLITS:
             raise ValueError(f"massroads split must be one of {list(SPLITS)}, got {split!r}")
         self.class_names = ["background", "road"]
         self.palette = [(0, 0, 0), (255, 255, 255)]
         self.nodata_ignore = bool(nodata_ignore)
-        self.root = Path(root)
         base = self.root / "tiff" if (self.root / "tiff").is_dir() else self.root
         fix = (
             f"Expected '{base}/{split}/' and '{base}/{split}_labels/'; "

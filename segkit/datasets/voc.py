@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from segkit.datasets.base import SampleFiles, SegmentationDataset, Transform
+from segkit.datasets.base import SampleFiles, SegmentationDataset, Transform, require_root
 from segkit.datasets.io import Problem
 from segkit.datasets.palettes import VOC_CLASSES, voc_palette
 
@@ -42,12 +42,10 @@ class VOCSegmentation(SegmentationDataset):
         skip_bad_samples: bool = False,
     ):
         super().__init__(split=split, transform=transform, skip_bad_samples=skip_bad_samples)
-        if root is None:
-            raise ValueError("dataset 'voc' needs a data root (--data-root DIR)")
+        self.root = require_root(root, "voc")
         self.year = _parse_year(year)
         self.class_names = list(VOC_CLASSES)
         self.palette = voc_palette(len(VOC_CLASSES))
-        self.root = Path(root)
         self.voc_dir = find_voc_dir(self.root, self.year)
         if split == "train_aug":
             split_file, mask_dir = self._find_aug_files()

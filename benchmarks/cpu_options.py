@@ -21,11 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 import torch
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 import segkit
+from segkit.bench import eager_runner, ort_runner
 from segkit.export import export
 from segkit.optimize import fast_bf16_cpu, fold_batchnorm
 
@@ -47,25 +47,6 @@ class _Reader:
         return None if image is None else {"image": image}
 
 
-def ort_session(path: Path, threads: int, optimise: bool = True) -> Callable[[], object]:
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see segkit.bench
-    if not optimise:
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = onnxruntime.InferenceSession(str(path), options, ["CPUExecutionProvider"])
-    feed = {"image": np.random.default_rng(0).standard_normal((1, 3, 512, 512), np.float32)}
-    return lambda: session.run(None, feed)
-
-
-def eager(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    def run() -> object:
-        with torch.inference_mode():
-            return model(x)
-
-    return run
-
-
 def candidates(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Callable]:
     threads = torch.get_num_threads()
     x = torch.randn(1, 3, 512, 512)
@@ -74,18 +55,18 @@ def candidates(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Ca
     fold_batchnorm(folded)
     nhwc_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     runners = {
-        "eval model": eager(model, x),
-        "channels_last only": eager(nhwc_model, nhwc),
-        "BN folding only": eager(folded, x),
+        "eval model": eager_runner(model, x),
+        "channels_last only": eager_runner(nhwc_model, nhwc),
+        "BN folding only": eager_runner(folded, x),
     }
     fast = segkit.optimize_for_inference(model)
     runners["fast path (both)"] = lambda: fast(x)
     if not args.no_compile:
         compiled = torch.compile(fast.model)
         start = time.perf_counter()
-        eager(compiled, nhwc)()
+        eager_runner(compiled, nhwc)()
         print(f"torch.compile: first call (compilation) {time.perf_counter() - start:.0f} s")
-        runners["fast + torch.compile"] = eager(compiled, nhwc)
+        runners["fast + torch.compile"] = eager_runner(compiled, nhwc)
     if fast_bf16_cpu():
         bf16 = segkit.optimize_for_inference(model, precision="bf16")
         runners["bf16 fast path"] = lambda: bf16(x)
@@ -94,8 +75,8 @@ def candidates(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Ca
     work = Path(tempfile.mkdtemp(prefix="segkit-cpu-options-"))
     fp32 = work / "fp32.onnx"
     export(model, fp32, static=(512, 512))
-    runners["ORT, optimisations off"] = ort_session(fp32, threads, optimise=False)
-    runners["ORT fp32"] = ort_session(fp32, threads)
+    runners["ORT, optimisations off"] = ort_runner(fp32, x, threads, optimise=False)
+    runners["ORT fp32"] = ort_runner(fp32, x, threads)
     calibration = [np.random.default_rng(i).standard_normal(x.shape, np.float32) for i in range(4)]
     for name, activations in (("u8", QuantType.QUInt8), ("s8", QuantType.QInt8)):
         path = work / f"static-{name}.onnx"
@@ -108,10 +89,10 @@ def candidates(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Ca
             activation_type=activations,
             weight_type=QuantType.QInt8,
         )
-        runners[f"ORT int8 static {name}s8"] = ort_session(path, threads)
+        runners[f"ORT int8 static {name}s8"] = ort_runner(path, x, threads)
     dynamic = work / "dynamic.onnx"
     quantize_dynamic(str(fp32), str(dynamic), weight_type=QuantType.QUInt8)
-    runners["ORT int8 dynamic"] = ort_session(dynamic, threads)
+    runners["ORT int8 dynamic"] = ort_runner(dynamic, x, threads)
     return runners
 
 

@@ -36,21 +36,15 @@ from collections.abc import Callable
 import segmentation_models_pytorch as smp
 import torch
 import torchvision
-from torch.utils.flop_counter import FlopCounterMode
 
 import segkit
-from segkit.bench import matmul_gflops, onnx_runner
+from segkit.bench import eager_runner, matmul_gflops, onnx_runner
 from segkit.config import Config
 from segkit.engine.train import Trainer
+from segkit.models.zoo_cli import forward_gflops
 from segkit.optimize import cpp_compiler, fast_bf16_cpu
 
 SIZE, CLASSES = 512, 21
-
-
-def gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() / 1e9
 
 
 def rounds(runners: dict[str, Callable[[], object]], count: int, warmup: int) -> dict[str, float]:
@@ -67,23 +61,16 @@ def rounds(runners: dict[str, Callable[[], object]], count: int, warmup: int) ->
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def eager(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    model.eval()
-
-    def run() -> object:
-        with torch.inference_mode():
-            return model(x)
-
-    return run
-
-
 def inference_row(
     title: str, peer_name: str, peer: torch.nn.Module, ours: torch.nn.Module, args
 ) -> None:
     x = torch.randn(1, 3, SIZE, SIZE)
     threads = torch.get_num_threads()
     peer.eval(), ours.eval()
-    runners = {f"{peer_name} eager": eager(peer, x), "segkit eval model": eager(ours, x)}
+    runners = {
+        f"{peer_name} eager": eager_runner(peer, x),
+        "segkit eval model": eager_runner(ours, x),
+    }
     fast = segkit.optimize_for_inference(ours)
     runners["segkit fast fp32"] = lambda: fast(x)
     if cpp_compiler():
@@ -98,8 +85,8 @@ def inference_row(
     ceiling = matmul_gflops(threads)
     seconds = rounds(runners, args.rounds, args.warmup)
     ceiling = (ceiling + matmul_gflops(threads)) / 2  # before and after: the machine drifts
-    work = {f"{peer_name} eager": gflops(peer, x)}
-    ours_gflops = gflops(ours, x)
+    work = {f"{peer_name} eager": forward_gflops(peer, x)}
+    ours_gflops = forward_gflops(ours, x)
     print(f"\n## {title}, {SIZE}x{SIZE}, batch 1")
     print(
         f"GFLOPs per image: {peer_name} {work[f'{peer_name} eager']:.1f}, segkit "

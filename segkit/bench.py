@@ -21,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from segkit.models import create_model, list_models
+from segkit.models.zoo_cli import forward_gflops
 from segkit.optimize import fast_bf16_cpu, optimize_for_inference
 
 
@@ -66,8 +66,6 @@ def onnx_runner(
     model: torch.nn.Module, x: torch.Tensor, threads: int, *, int8: bool = False
 ) -> Callable[[], object]:
     """A closure that runs ``model`` exported to ONNX (fixed size, optionally int8) on ``x``."""
-    import onnxruntime
-
     from segkit.export import export
 
     path = Path(tempfile.mkdtemp(prefix="segkit-bench-")) / "model.onnx"
@@ -81,14 +79,36 @@ def onnx_runner(
         calibration=calibration if int8 else (),
         min_agreement=0.0,  # random weights and images: speed only
     )
+    return ort_runner(path, x, threads)
+
+
+def ort_runner(
+    path: str | Path, x: torch.Tensor, threads: int, *, optimise: bool = True
+) -> Callable[[], object]:
+    """A closure that runs the ONNX file ``path`` on ``x`` with ONNX Runtime on the CPU
+    (``optimise=False``: without its graph optimisations)."""
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     # ONNX Runtime's idle threads spin for a while after each run by default, which would
     # steal the cores from whatever runs next in the same process (the next row here).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not optimise:
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)
+
+
+def eager_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """A closure that runs ``model(x)`` under ``torch.inference_mode``."""
+
+    def run() -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    return run
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,17 +125,14 @@ def run(args: argparse.Namespace) -> int:
         output_stride=args.output_stride,
     ).eval()
     x = torch.randn(args.batch, 3, args.size, args.size)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    gflops = counter.get_total_flops() / 1e9
+    gflops = forward_gflops(model, x)
     ceiling = matmul_gflops(threads)
     fast = optimize_for_inference(model)
 
-    def plain() -> None:
-        with torch.inference_mode():
-            model(x)
-
-    runners: dict[str, Callable[[], object]] = {"eval model": plain, "fast path": lambda: fast(x)}
+    runners: dict[str, Callable[[], object]] = {
+        "eval model": eager_runner(model, x),
+        "fast path": lambda: fast(x),
+    }
     if args.compile:
         compiled = optimize_for_inference(model, compile=True)
         runners["fast compiled"] = lambda: compiled(x)

@@ -37,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def forward_gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """GFLOPs of ``model(x)`` (``torch.utils.flop_counter``: a multiply-add is 2 FLOPs); runs
+    on the meta device too."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
 def model_cost(row: Row, num_classes: int, size: int) -> tuple[int, float]:
     """Parameters and GFLOPs of one forward pass at ``size x size`` (batch 1, eval mode)."""
     name, backbone, stride, jpu = row
@@ -45,9 +53,7 @@ def model_cost(row: Row, num_classes: int, size: int) -> tuple[int, float]:
             name, backbone=backbone, num_classes=num_classes, output_stride=stride, jpu=jpu
         ).eval()
         params = sum(p.numel() for p in model.parameters())
-        with FlopCounterMode(display=False) as counter:
-            model(torch.empty(1, 3, size, size))
-    return params, counter.get_total_flops() / 1e9
+        return params, forward_gflops(model, torch.empty(1, 3, size, size))
 
 
 def _rows(args: argparse.Namespace) -> list[Row]:

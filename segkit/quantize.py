@@ -55,7 +55,7 @@ def quantize_int8(
         method: activation range estimate: ``minmax``, ``percentile`` (99.999th) or
             ``entropy``.
     """
-    import onnxruntime
+    import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -70,9 +70,9 @@ def quantize_int8(
         )
     if not images:
         raise ValueError("int8 quantisation needs calibration images; none were given")
-    session = onnxruntime.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    del session
+    graph = onnx.load(str(src), load_external_data=False).graph
+    initializers = {tensor.name for tensor in graph.initializer}
+    input_name = next(i.name for i in graph.input if i.name not in initializers)
     root = logging.getLogger()  # the quantiser logs its progress through the root logger
     level = root.level
     root.setLevel(logging.ERROR)

@@ -47,11 +47,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (FileNotFoundError, ValueError) as err:
+    except (ValueError, OSError) as err:  # OSError: missing files, full disks, read-only folders
         if os.environ.get("SEGKIT_DEBUG"):
             raise
-        print(f"segkit {args.command}: error: {err}", file=sys.stderr)
+        print(f"segkit {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def one_line(err: BaseException) -> str:
+    """``err`` as text; an ``OSError`` from the system gets its file name and reason, not its
+    errno tuple (``[Errno 28] No space left on device: 'x'`` -> ``x: no space left on device``)."""
+    if isinstance(err, OSError) and err.strerror and type(err).__str__ is OSError.__str__:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror[0].lower()}{err.strerror[1:]}"
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,35 @@
 """Segment images with a checkpoint (``segkit predict CKPT-FLAGS INPUT... --out DIR``).
 
-Inputs are files, folders (searched recursively) or glob patterns. For each image it writes
-``<stem>.png``: the class-index mask as a palette PNG, which opens as colours and reads back
-(e.g. with PIL) as class indices; ``--overlay`` adds ``<stem>_overlay.png``. An unreadable
-input is reported by name and the rest still run; the exit status is 1 if any failed.
+Inputs are files, folders (searched recursively) or glob patterns; a file reached twice (by a
+folder and a glob, say) is predicted once. Each image's class-index mask is written as a palette
+PNG, which opens as colours and reads back (e.g. with PIL) as class indices; ``--overlay`` adds
+a colour blend next to it.
+
+Where outputs go: one root is computed for the whole call, the common ancestor of every folder
+input, every file input's folder and every glob's fixed leading folder (``photos`` for
+``photos/**/*.jpg``). Each image is written at its path relative to that root with ``.png``
+for its suffix: ``predict photos/ --out P`` writes ``P/<path inside photos>.png``;
+``predict a/x.jpg b/x.jpg`` writes ``P/a/x.png`` and ``P/b/x.png``. Inputs that would still
+share an output (``a.jpg`` and ``a.png`` in one folder) keep their suffix in the name, those
+inputs only: ``a.jpg.png`` and ``a.png.png`` (overlays ``a.jpg_overlay.png``, ...).
+
+Nothing is lost: an output that would overwrite an input is refused before any work, files
+under ``--out`` are not taken as inputs when ``--out`` lies inside a scanned folder, each PNG
+is written atomically (a temporary file renamed over the target), and a file that fails for
+any reason (unreadable, out of memory, a size a static ONNX file rejects) is reported in one
+line while the rest still run. The exit status is 1 if any input was missing or failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import os
+import secrets
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,41 +49,199 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``segkit predict``'s flags."""
     add_inference_arguments(parser)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or globs")
-    parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("predictions"),
+        help="output folder; predictions mirror the inputs' paths below their common folder",
+    )
     parser.add_argument(
         "--overlay",
         type=float,
         nargs="?",
         const=0.5,
         metavar="ALPHA",
-        help="also write <stem>_overlay.png blending colours over the image (default 0.5)",
+        help="also write <name>_overlay.png blending colours over the image (default 0.5)",
     )
 
 
-def collect_inputs(inputs: list[str]) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """``(file, output stem relative to --out)`` pairs, and the inputs that matched nothing."""
-    found: list[tuple[Path, Path]] = []
-    missing: list[str] = []
+@dataclass
+class Inputs:
+    """What the INPUT arguments name.
+
+    ``files`` are absolute, each file once in the order found; ``folders`` are the folders the
+    outputs are laid out relative to (one per input that gave files); ``missing`` holds one
+    ``"INPUT: reason"`` line per input that gave nothing.
+    """
+
+    files: list[Path] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    """One image to predict and the files it writes (``overlay`` is None without --overlay)."""
+
+    source: Path
+    mask: Path
+    overlay: Path | None
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [self.mask] if self.overlay is None else [self.mask, self.overlay]
+
+
+def _glob_base(pattern: str) -> Path:
+    """The leading folders of ``pattern`` before the first part with a wildcard."""
+    parts = []
+    for part in Path(pattern).parts:
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    return Path(os.path.abspath(Path(*parts) if parts else "."))
+
+
+def collect_inputs(inputs: list[str], out: Path | None = None) -> Inputs:
+    """Expand files, folders (recursively, image suffixes only) and globs into :class:`Inputs`.
+
+    When ``out`` lies inside a scanned folder (or a glob's leading folder), files below it are
+    skipped: they are earlier predictions, not inputs. A file named explicitly is always kept.
+    """
+    result = Inputs()
+    seen: set[str] = set()
+    out = Path(os.path.abspath(out)) if out is not None else None
     for item in inputs:
-        path = Path(item)
+        path, scanned = Path(item), True
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            found += [(f, f.relative_to(path).with_suffix("")) for f in files]
+            base = Path(os.path.abspath(path))
+            found = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            empty = f"{item}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder"
         elif path.is_file():
-            found.append((path, Path(path.stem)))
+            found, scanned = [Path(os.path.abspath(path))], False
+            base, empty = found[0].parent, ""
         elif glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            found += [(p, Path(p.stem)) for p in matches if p.is_file()]
-            if not matches:
-                missing.append(f"{item}: no file matches this pattern")
+            base = _glob_base(item)
+            found = sorted(Path(os.path.abspath(p)) for p in glob.glob(item, recursive=True))
+            empty = f"{item}: no file matches this pattern"
         else:
-            missing.append(f"{item}: no such file or folder")
-    return found, missing
+            result.missing.append(f"{item}: no such file or folder")
+            continue
+        if scanned and out is not None and out != base and out.is_relative_to(base):
+            found = [p for p in found if not p.is_relative_to(out)]
+        found = [p for p in found if p.is_file()]
+        if not found:
+            result.missing.append(empty)
+            continue
+        result.folders.append(base)
+        for file in found:
+            key = os.path.realpath(file)
+            if key not in seen:
+                seen.add(key)
+                result.files.append(file)
+    return result
+
+
+def plan_outputs(files: list[Path], root: Path, out: Path, overlay: bool) -> list[Job]:
+    """Output paths of ``files``: ``out / <path relative to root>`` with ``.png``.
+
+    Inputs whose outputs (mask or overlay) would coincide keep their suffix in the name
+    (``a.jpg`` -> ``a.jpg.png``), repeated until every output is distinct.
+
+    Raises:
+        ValueError: two inputs still map to one file (only for contrived names).
+    """
+    keep_suffix: set[int] = set()
+    while True:
+        jobs = []
+        for i, file in enumerate(files):
+            rel = file.relative_to(root)
+            name = rel.name if i in keep_suffix else rel.stem
+            target = out / rel.parent / name
+            extra = target.with_name(f"{name}_overlay.png") if overlay else None
+            jobs.append(Job(file, target.with_name(f"{name}.png"), extra))
+        owners: dict[Path, list[int]] = {}
+        for i, job in enumerate(jobs):
+            for path in job.outputs:
+                owners.setdefault(path, []).append(i)
+        clashes = {path: ids for path, ids in owners.items() if len(ids) > 1}
+        clashing = {i for ids in clashes.values() for i in ids}
+        if not clashing:
+            return jobs
+        if clashing <= keep_suffix:
+            path, (a, b, *_) = next(iter(clashes.items()))
+            raise ValueError(
+                f"{files[a]} and {files[b]} would both be written to {path}; predict them in "
+                "separate calls with different --out folders"
+            )
+        keep_suffix |= clashing
+
+
+def check_outputs(jobs: list[Job], out: Path) -> None:
+    """Refuse, before any work, an output that would overwrite one of the inputs."""
+    sources = {os.path.realpath(job.source): job.source for job in jobs}
+    for job in jobs:
+        for path in job.outputs:
+            source = sources.get(os.path.realpath(path))
+            if source is not None:
+                raise ValueError(
+                    f"--out {out} would overwrite the input image {source}; give another --out "
+                    "folder, outside the input folders"
+                )
+
+
+def prepare_out(out: Path) -> None:
+    """Create ``out`` and check that a file can be written in it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".segkit-probe-{secrets.token_hex(4)}"
+        probe.open("xb").close()
+        probe.unlink()
+    except OSError as err:
+        reason = (err.strerror or str(err)).lower()
+        where = f": {err.filename}" if err.filename and Path(err.filename) != out else ""
+        raise ValueError(
+            f"cannot write predictions to --out {out} ({reason}{where}); give another --out"
+        ) from err
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    """Write ``image`` as PNG atomically: a kill or an error leaves the old file or the new
+    one at ``path``, never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with tmp.open("xb") as handle:  # mode 0o666 minus umask, like any new file
+            image.save(handle, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def reason(err: Exception, limit: int = 300) -> str:
+    """``err`` on one line (its lines joined: ONNX Runtime puts the sizes it expected on the
+    second), the exception type too when it is not a user-input error."""
+    from segkit.cli import one_line
+
+    text = " ".join(line.strip() for line in one_line(err).splitlines() if line.strip())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    if isinstance(err, (ValueError, OSError)) and text:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def run(args: argparse.Namespace) -> int:
-    """Predict every input; exit status 1 if any input was missing or unreadable."""
+    """Predict every input; exit status 1 if any input was missing or failed."""
     from tqdm import tqdm
+
+    out = args.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out must be a folder; {out} is a file")
+    inputs = collect_inputs(args.inputs, out)
+    root = Path(os.path.commonpath(inputs.folders)) if inputs.folders else Path.cwd()
+    jobs = plan_outputs(inputs.files, root, out, args.overlay is not None)
+    check_outputs(jobs, out)
 
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)
@@ -79,28 +255,45 @@ def run(args: argparse.Namespace) -> int:
     mean = torch.tensor(meta["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(meta["std"], device=device).view(1, 3, 1, 1)
     palette = [tuple(c) for c in meta["palette"]]
+    prepare_out(out)
 
-    files, failures = collect_inputs(args.inputs)
+    failures = list(inputs.missing)
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    print(f"predicting {len(jobs)} image(s) below {root} into {out} (same relative paths, .png)")
     written = 0
-    for image_path, stem in tqdm(files, desc="predict", unit="img"):
-        try:
-            image = read_image(image_path)
-        except ValueError as err:
-            failures.append(f"{image_path}: {err}")
-            continue
-        x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255
-        mask = predict_mask(runner, (x - mean) / std, **options)[0].to(torch.uint8).cpu()
-        target = args.out / stem
-        target.parent.mkdir(parents=True, exist_ok=True)
-        coloured = colorize(mask, palette)
-        coloured.save(target.with_suffix(".png"))
-        if args.overlay is not None:
-            rgb = np.asarray(coloured.convert("RGB"), dtype=np.float32)
-            blended = (1 - args.overlay) * image + args.overlay * rgb
-            overlay_path = target.parent / f"{target.name}_overlay.png"
-            Image.fromarray(blended.round().astype(np.uint8)).save(overlay_path)
-        written += 1
-    print(f"wrote {written} prediction(s) to {args.out}")
-    for failure in failures:
-        print(f"error: {failure}", file=sys.stderr)
+    try:
+        for job in tqdm(jobs, desc="predict", unit="img"):
+            try:
+                image = read_image(job.source)
+                x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255
+                mask = predict_mask(runner, (x - mean) / std, **options)[0].to(torch.uint8).cpu()
+                write_outputs(job, image, mask, palette, args.overlay)
+            except Exception as err:  # any failure: one bad file must not stop the others
+                failed = f"{job.source}: {reason(err)}"
+            else:
+                written += 1
+                continue
+            # Out here the traceback and the tensors its frames held are gone, so emptying the
+            # cache returns a failed (e.g. out-of-memory) image's memory for the next one.
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            failures.append(failed)
+            tqdm.write(f"error: {failed}", file=sys.stderr)
+    finally:
+        failed_note = f"; {len(failures)} input(s) failed" if failures else ""
+        print(f"wrote {written} prediction(s) to {out}{failed_note}")
     return 1 if failures else 0
+
+
+def write_outputs(
+    job: Job, image: np.ndarray, mask: torch.Tensor, palette: list[Any], alpha: float | None
+) -> None:
+    """Save the palette mask (``H x W`` uint8) and, with ``alpha``, the overlay on ``image``
+    (``H x W x 3`` uint8)."""
+    coloured = colorize(mask, palette)
+    save_png(coloured, job.mask)
+    if job.overlay is not None and alpha is not None:
+        rgb = np.asarray(coloured.convert("RGB"), dtype=np.float32)
+        blended = (1 - alpha) * image + alpha * rgb
+        save_png(Image.fromarray(blended.round().astype(np.uint8)), job.overlay)

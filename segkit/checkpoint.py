@@ -6,9 +6,16 @@ would need to run arbitrary code is refused with an explanation, never executed.
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import pickle
+import re
+import shutil
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,22 +98,146 @@ def read_state_dict(source: str | os.PathLike | StateDict) -> dict[str, Tensor]:
 
 def _read_file(path: Path) -> object:
     if not path.is_file():
+        if path.is_dir():
+            raise ValueError(
+                f"{path} is a folder, not a weights file; give a file in it (a segkit run keeps "
+                "its checkpoints in checkpoints/best.pt and checkpoints/last.pt)"
+            )
         raise FileNotFoundError(f"Weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    # Warnings are held back until the file has loaded: on failure the one-line error says
+    # it all (torch warns about TorchScript archives and pickle protocols on the way).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # record all; the caller's filters apply on replay
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-        return load_file(path)
-    try:
-        with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
+                data = load_file(path)
+            else:
+                with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
+                    data = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, MemoryError):  # unreadable folder, I/O error: the system's own words
+            raise
+        except Exception as err:  # the readers raise many types; find out what the file is
+            # `from None`: torch's text suggests weights_only=False, which segkit never does.
+            raise _unreadable(path, err) from None
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return data
+
+
+# What unsafe pickles make torch's weights-only unpickler say (torch/_weights_only_unpickler.py).
+_UNSAFE_MARKERS = (
+    "was not an allowed global",
+    "is blocked",
+    "Can only create new object",
+    "Can only build",
+    "call reduce for unrecognized function",
+)
+_OTHER_CHECKPOINT = "use the run's other checkpoint (checkpoints/best.pt or last.pt)"
+
+
+def _unreadable(path: Path, err: Exception) -> ValueError:
+    """Why ``path`` could not be read, in one line with the fix (only runs on failure)."""
+    size = path.stat().st_size
+    if size == 0:
+        return ValueError(
+            f"{path} is empty (0 bytes): the save or copy was interrupted. Copy it again, or "
+            f"{_OTHER_CHECKPOINT}."
+        )
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) and any(m in text for m in _UNSAFE_MARKERS):
+        found = re.search(r"GLOBAL (\S+)", text)
+        what = f"such as {found.group(1)}" if found else _detail(err)
+        return ValueError(
             f"Refused to load {path}: it contains pickled Python objects that are not plain "
-            "tensors or containers, and unpickling them could run arbitrary code, so segkit "
-            "loads weights only with torch.load(weights_only=True). If you trust the file, "
-            "re-save just its state_dict (torch.save(model.state_dict(), 'clean.pth')) in the "
-            f"project that wrote it. Details: {str(err).splitlines()[0]}"
-        ) from err
+            f"tensors or containers ({what}), and unpickling them could run arbitrary code, so "
+            "segkit loads weights only with torch.load(weights_only=True). If you trust the "
+            "file, re-save just its state_dict (torch.save(model.state_dict(), 'clean.pth')) in "
+            "the project that wrote it."
+        )
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if head.startswith(b"PK\x03\x04"):
+        return _unreadable_zip(path, size, err)
+    header = int.from_bytes(head[:8], "little")
+    if head[8:10] == b'{"' and header < 100_000_000:  # safetensors: length, then JSON header
+        if path.suffix != ".safetensors":
+            return ValueError(f"{path} is a safetensors file: rename it to end in .safetensors")
+        cut = "truncated" if header + 8 > size or "not fully covered" in str(err) else "corrupt"
+        return ValueError(
+            f"{path} is a {cut} safetensors file ({size} bytes; {_detail(err)}): the save or "
+            "copy was interrupted or the file was damaged. Copy it again."
+        )
+    if head.startswith(b"\x08") and _is_onnx(path):
+        return ValueError(
+            f"{path} is an ONNX export, not a checkpoint: to evaluate or predict with it use "
+            f"`--runtime onnxruntime --onnx {path}` with --checkpoint set to the segkit "
+            "checkpoint (.pt written by `segkit train`) it was exported from."
+        )
+    if head.startswith(b"\x89HDF"):
+        return ValueError(
+            f"{path} is an HDF5 file (Keras/TensorFlow weights?), which segkit cannot read: "
+            "give a PyTorch checkpoint (.pt/.pth) or a .safetensors file."
+        )
+    kind = "safetensors file" if path.suffix == ".safetensors" else "PyTorch checkpoint"
+    return ValueError(
+        f"{path} is not a readable {kind}: it is truncated, corrupt or another kind of file "
+        f"(first bytes {head[:8].hex(' ')}; {_detail(err)}). Give a checkpoint written by "
+        "`segkit train` (RUN/checkpoints/best.pt), a torch.save state dict or a .safetensors "
+        "file."
+    )
+
+
+def _unreadable_zip(path: Path, size: int, err: Exception) -> ValueError:
+    """A zip archive torch could not read: truncated, TorchScript, damaged or foreign."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return ValueError(
+            f"{path} is truncated ({size} bytes; the end of its zip archive is missing): the "
+            f"save or copy was interrupted. Copy it again, or {_OTHER_CHECKPOINT}."
+        )
+    if any("/code/" in name or name.endswith("constants.pkl") for name in names):
+        return ValueError(
+            f"{path} is a TorchScript export (torch.jit.save, `segkit export --format "
+            "torchscript`), not a checkpoint: give --checkpoint the segkit checkpoint (.pt "
+            "written by `segkit train`) it was exported from; run the export with torch.jit.load."
+        )
+    if any(name.endswith("data.pkl") for name in names):
+        if path.suffix == ".safetensors":
+            return ValueError(f"{path} is a PyTorch (torch.save) file: rename it to end in .pt")
+        return ValueError(
+            f"{path} is a damaged PyTorch checkpoint ({_detail(err)}). Copy it again, or "
+            f"{_OTHER_CHECKPOINT}."
+        )
+    return ValueError(
+        f"{path} is a zip archive but not a PyTorch checkpoint (it holds {names[:3]}): give a "
+        "checkpoint written by `segkit train`, a torch.save state dict or a .safetensors file."
+    )
+
+
+def _is_onnx(path: Path) -> bool:
+    try:
+        import onnx
+
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # not installed, or not a protobuf
+        return False
+    return len(model.graph.node) > 0 and len(model.opset_import) > 0
+
+
+def _detail(err: Exception) -> str:
+    """The reader's own reason, first sentence only, without torch's weights_only advice."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    for line in text.splitlines():
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+        if line and "weights_only" not in line and not line.startswith("Check the documentation"):
+            return f"{type(err).__name__}: {line.split('. ')[0][:160]}"
+    return type(err).__name__
 
 
 def _unwrap(obj: object, label: str) -> Mapping[str, Tensor]:
@@ -202,27 +333,77 @@ def load_weights(
 
 
 CHECKPOINT_FORMAT = "segkit-checkpoint-v1"
+# What eval, predict and export need besides weights (written by segkit train).
+REQUIRED_KEYS = ("model", "state_dict", "meta")
+REQUIRED_META = ("class_names", "palette", "mean", "std")
+# save_checkpoint's temporary files: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp") adds 8
+# random characters.
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, file size limit, I/O error). The previous
+    file at that path, if any, is intact, and no temporary file is left."""
+
+    def __init__(self, message: str, *, path: Path, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def default_file_mode() -> int:
+    """Permission bits of a new regular file under this process's umask (``0o666 & ~umask``).
+
+    Read from ``/proc/self/status`` where it exists, so the umask is never changed, not even
+    for an instant another thread could see.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` atomically: temporary file, flush, fsync, rename.
 
     An interruption at any point leaves either the previous file or the new one, never a
-    half-written checkpoint.
+    half-written checkpoint (a kill -9 may leave a ``.NAME.XXXXXXXX.tmp`` file beside it, which
+    :func:`remove_stale_temporaries` deletes). The file gets the permissions of any new file
+    (umask), not those of the temporary file.
+
+    Raises:
+        CheckpointWriteError: the write failed (no space left, file too large, I/O error); the
+            temporary file is removed and the previous file at ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), default_file_mode())  # mkstemp's 0600 survives the rename
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(err) if isinstance(err, Exception) else None
+        if cause is None:  # not a write failure (an interrupt, an unpicklable payload)
+            raise
+        # torch.save reports a failed write as a RuntimeError from its zip writer, raised while
+        # handling the OSError: the OSError says what happened.
+        raise _write_error(path, cause) from err
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # make the rename itself durable
@@ -230,19 +411,105 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         os.close(directory)
 
 
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind ``err`` (itself, its cause or its context), if any."""
+    for _ in range(8):
+        if isinstance(err, OSError):
+            return err
+        err = err.__cause__ or err.__context__
+        if err is None:
+            return None
+    return None
+
+
+def _write_error(path: Path, cause: OSError) -> CheckpointWriteError:
+    reason = (cause.strerror or str(cause)).lower()
+    fix = "check the disk, or choose another --work-dir"
+    if cause.errno == errno.ENOSPC:
+        try:
+            free = shutil.disk_usage(path.parent).free
+            reason += f" ({_human_size(free)} free on that disk)"
+        except OSError:
+            pass
+        fix = "free some space, or choose another --work-dir"
+    elif cause.errno == errno.EFBIG:
+        reason += " (beyond the process's file size limit, ulimit -f, or the file system's)"
+        fix = "raise the limit, or choose another --work-dir"
+    previous = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+    return CheckpointWriteError(
+        f"could not write checkpoint {path}: {reason}; {previous}. To save, {fix}.",
+        path=path,
+        errno=cause.errno,
+    )
+
+
+def _human_size(size: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`save_checkpoint` left in ``folder``.
+
+    Call it only while no save into ``folder`` can be running (the trainer holds the run
+    folder's lock): a running save's temporary file looks the same.
+
+    Returns:
+        The files removed, sorted.
+    """
+    removed = []
+    for candidate in sorted(Path(folder).glob(".*.tmp")):
+        if _TEMPORARY.fullmatch(candidate.name) and candidate.is_file():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def weights_fingerprint(source: nn.Module | StateDict) -> str:
+    """SHA-256 over the sorted names, dtypes, shapes and bytes of a state dict's tensors.
+
+    The same for a checkpoint's ``state_dict``, the model loaded from it (on any device) and,
+    as recorded in their metadata, every file :func:`segkit.export` writes from that model.
+    """
+    state = source.state_dict() if isinstance(source, nn.Module) else source
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, Tensor):
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a segkit checkpoint safely (``weights_only=True``).
 
     Raises:
         FileNotFoundError: no such file (never a silent random model).
-        ValueError: an unsafe pickle, or not a segkit checkpoint.
+        ValueError: an unsafe pickle, an empty, truncated or corrupt file, an export
+            (TorchScript, ONNX) instead of a checkpoint, or a checkpoint without the model
+            description, weights and metadata ``segkit train`` writes.
     """
-    data = _read_file(Path(path))
+    path = Path(path)
+    data = _read_file(path)
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a segkit checkpoint (no 'format': {CHECKPOINT_FORMAT!r}). To use "
             "weights from another project, build the model and call segkit.load_weights, or "
             "train with --init-from FILE."
+        )
+    missing = [key for key in REQUIRED_KEYS if not isinstance(data.get(key), Mapping)]
+    if isinstance(data.get("meta"), Mapping):
+        missing += [f"meta.{key}" for key in REQUIRED_META if key not in data["meta"]]
+    if missing:
+        raise ValueError(
+            f"{path} lacks {', '.join(missing)}: it was not written by `segkit train` (or was "
+            f"edited). Use a checkpoint of a segkit run (checkpoints/best.pt or last.pt)."
         )
     return data
 
@@ -252,11 +519,23 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
 
     The checkpoint's ``meta`` (class names, palette, normalisation, ignore index) is attached
     as ``model.meta``.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`load_checkpoint`; also a ``model`` entry
+            that does not build, or weights that do not fit the model it describes.
     """
     from segkit.models import create_model
 
     data = load_checkpoint(path)
-    model = create_model(**data["model"])
-    model.load_state_dict(data["state_dict"])
-    model.meta = dict(data.get("meta", {}))
+    try:
+        model = create_model(**data["model"])
+        model.load_state_dict(data["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s)") else lines[0]
+        raise ValueError(
+            f"{path}: its weights do not fit the model its 'model' entry describes "
+            f"({reason[:200]}); the file was edited or written by another version of segkit"
+        ) from err
+    model.meta = dict(data["meta"])
     return model.to(device).eval()

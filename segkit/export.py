@@ -7,6 +7,13 @@ is dynamic; so is the spatial size unless ``static=(H, W)``. After writing, the 
 than the one used for export, and the export fails, leaving no file behind, when the relative
 difference to PyTorch exceeds ``tolerance``.
 
+The file records which weights it was exported from: ONNX ``metadata_props`` (TorchScript:
+extra files) hold ``segkit.weights_fingerprint`` (:func:`segkit.checkpoint.weights_fingerprint`
+of the model as given, before batch-norm folding) and ``segkit.meta``, a JSON object with the
+class names, palette, normalisation and ignore index of ``model.meta``, the input layout and
+the output kind; ``segkit eval/predict --runtime onnxruntime`` check the fingerprint against
+the checkpoint.
+
 ``int8=True`` (ONNX only) then quantises the checked float file with ONNX Runtime
 (:mod:`segkit.quantize`), calibrated on ``calibration`` images; a quarter of them (at least
 one, when there are two or more) is held out to measure how often the int8 class maps agree
@@ -16,6 +23,7 @@ with PyTorch's, and the export fails below ``min_agreement``.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import re
@@ -29,11 +37,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from segkit.checkpoint import default_file_mode, weights_fingerprint
 from segkit.models.layers import resize
 from segkit.optimize import fold_batchnorm
 
 FORMATS = ("onnx", "torchscript")
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+FINGERPRINT_KEY = "segkit.weights_fingerprint"
+META_KEY = "segkit.meta"
+META_FIELDS = ("class_names", "palette", "mean", "std", "ignore_index")
 
 
 class ExportError(RuntimeError):
@@ -109,23 +121,26 @@ def export(
         raise ValueError("int8 quantisation is for ONNX exports (use --format onnx)")
     if int8 and not calibration:
         raise ValueError("int8 quantisation needs calibration images; none were given")
+    path = Path(path)
+    check_output_path(path, format)
+    identity = export_metadata(model, argmax=argmax, static=static)
     net = copy.deepcopy(model).cpu().eval()
     fold_batchnorm(net)
     wrapped = _Exported(net, argmax).eval()
     size = static or (257, 321)
     example = torch.randn(1, 3, *size)
     check = torch.randn(2, 3, *(static or (193, 259)))  # batch 2: the batch stays dynamic
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         if format == "onnx":
-            _to_onnx(wrapped, example, tmp, dynamic=static is None)
+            # metadata_props: the int8 quantiser copies them to its output.
+            _to_onnx(wrapped, example, tmp, dynamic=static is None, metadata=identity)
             (actual,) = _run_onnx(tmp, check)
         else:
-            _to_torchscript(wrapped, example, tmp)
+            _to_torchscript(wrapped, example, tmp, identity)
             with torch.no_grad():
                 actual = torch.jit.load(str(tmp))(check).numpy()
         with torch.no_grad():
@@ -145,6 +160,7 @@ def export(
                     f"of the held-out pixels (< {min_agreement:.0%}); try more calibration "
                     "images, --calibration-method percentile, or keep the float model"
                 )
+        os.chmod(tmp, default_file_mode())  # mkstemp's 0600 would survive the rename
         os.replace(tmp, path)
         return report
     finally:
@@ -179,7 +195,9 @@ def _quantize(
     report.int8_images = len(checks)
 
 
-def _to_onnx(module: nn.Module, example: Tensor, path: Path, *, dynamic: bool) -> None:
+def _to_onnx(
+    module: nn.Module, example: Tensor, path: Path, *, dynamic: bool, metadata: dict[str, str]
+) -> None:
     dim = torch.export.Dim
     dims = {"image": {0: dim("batch", max=256)}}
     if dynamic:
@@ -203,6 +221,7 @@ def _to_onnx(module: nn.Module, example: Tensor, path: Path, *, dynamic: bool) -
             "(--static HxW) avoids most dynamic-shape limits; an operator without an ONNX "
             "function needs another layer in the model."
         ) from err
+    program.model.metadata_props.update(metadata)
     program.save(str(path))
 
 
@@ -216,11 +235,57 @@ def _root_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"
 
 
-def _to_torchscript(module: nn.Module, example: Tensor, path: Path) -> None:
+def _to_torchscript(
+    module: nn.Module, example: Tensor, path: Path, identity: dict[str, str]
+) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings are checked by running the file
         traced = torch.jit.trace(module, example, check_trace=False)
-    traced.save(str(path))
+    traced.save(str(path), _extra_files=identity)
+
+
+def check_output_path(path: Path, format: str = "onnx") -> None:
+    """Fail early, in one line, when ``path`` cannot be written as a file.
+
+    Raises:
+        ValueError: ``path`` is a folder, a parent is a file, or the folder is not writable.
+    """
+    if path.is_dir():
+        example = path / ("model.onnx" if format == "onnx" else "model.pt")
+        raise ValueError(f"--out {path} names a folder; give a file such as {example}")
+    parent = path.parent
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        parent = parent.parent  # the first folder that exists is the one to write in
+    if not parent.is_dir():
+        raise ValueError(f"--out {path}: {parent} is a file, not a folder; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {path}: the folder {parent} is not writable; choose another --out")
+
+
+def export_metadata(
+    model: nn.Module, *, argmax: bool, static: tuple[int, int] | None
+) -> dict[str, str]:
+    """``{FINGERPRINT_KEY: sha256, META_KEY: JSON}``: what an exported file records."""
+    meta = getattr(model, "meta", None) or {}
+    height, width = static or ("H", "W")
+    info = {key: meta[key] for key in META_FIELDS if key in meta}
+    info["model"] = getattr(model, "config", None) or type(model).__name__
+    info["input"] = {
+        "name": "image",
+        "shape": ["N", 3, height, width],
+        "dtype": "float32",
+        "normalised": "(rgb / 255 - mean) / std",
+    }
+    info["output"] = {
+        "name": "output",
+        "kind": "argmax" if argmax else "logits",
+        "shape": ["N", height, width] if argmax else ["N", "C", height, width],
+        "dtype": "int64" if argmax else "float32",
+    }
+    return {
+        FINGERPRINT_KEY: weights_fingerprint(model),
+        META_KEY: json.dumps(info, default=str),
+    }
 
 
 def _run_onnx(path: Path, *images: Tensor) -> list[np.ndarray]:
@@ -262,8 +327,19 @@ class OnnxRuntimeModel:
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"ONNX file not found: {path}")
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(path), providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime's own error types: InvalidProtobuf, Fail, ...
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(
+                f"{path} is not an ONNX model ONNX Runtime can load ({reason[:200]}); give "
+                "--onnx the file written by `segkit export`"
+            ) from err
         self.input_name = self.session.get_inputs()[0].name
+        #: ``metadata_props`` of the file (see :func:`export_metadata`).
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
         (out,) = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})

@@ -8,6 +8,10 @@ PyTorch; above 1e-3 relative difference the command fails and removes the file.
 ``--calibration-images`` images drawn from the checkpoint's dataset (``--data-root`` and
 ``--calibration-split`` choose where); measure its mIoU with ``segkit eval --runtime
 onnxruntime --onnx FILE``.
+
+The file records the checkpoint's weights fingerprint and metadata (classes, palette,
+normalisation): ``segkit eval/predict --runtime onnxruntime`` refuse a file exported from
+another checkpoint than their ``--checkpoint``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from segkit.checkpoint import load_checkpoint, load_model
 from segkit.config import Config
 from segkit.engine.data import build_val_dataset
-from segkit.export import FORMATS, ExportError, export
+from segkit.export import FORMATS, ExportError, check_output_path, export
 from segkit.quantize import CALIBRATION_METHODS
 
 
@@ -68,6 +72,7 @@ def calibration_images(args: argparse.Namespace) -> list[torch.Tensor]:
 
 def run(args: argparse.Namespace) -> int:
     """Export and verify; exit status 1 (and no file) when the check fails."""
+    check_output_path(args.out, args.format)  # before minutes of export, not after
     model = load_model(args.checkpoint)
     try:
         report = export(

@@ -48,6 +48,9 @@ def quantize_int8(
 ) -> None:
     """Write an int8 (QDQ) copy of the float ONNX model ``src`` to ``dst``.
 
+    ``src``'s ``metadata_props`` (the weights fingerprint and ``segkit.meta`` that
+    :func:`segkit.export` records) are kept: the int8 file still names its checkpoint.
+
     Args:
         src: float ONNX model (from :func:`segkit.export`).
         dst: where to write the quantised model.

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from segkit.checkpoint import load_checkpoint, load_model
+from segkit.checkpoint import load_checkpoint, load_model, weights_fingerprint
 from segkit.config import Config
 from segkit.engine.data import build_val_dataset, make_loader
 from segkit.engine.evaluate import evaluate
@@ -53,7 +54,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 def runtime_model(args: argparse.Namespace, model: torch.nn.Module) -> Any:
     """The checkpoint's model on the inference fast path, or the exported ONNX file run by ONNX
-    Runtime."""
+    Runtime (refused when it was exported from another checkpoint: :func:`check_onnx_origin`)."""
     if args.runtime == "torch":
         return optimize_for_inference(model, precision=args.precision, compile=args.compile)
     if args.onnx is None:
@@ -65,7 +66,45 @@ def runtime_model(args: argparse.Namespace, model: torch.nn.Module) -> Any:
         )
     from segkit.export import OnnxRuntimeModel
 
-    return OnnxRuntimeModel(args.onnx)
+    runner = OnnxRuntimeModel(args.onnx)
+    check_onnx_origin(runner.metadata, model, args)
+    return runner
+
+
+def check_onnx_origin(metadata: dict[str, str], model: torch.nn.Module, args: Any) -> None:
+    """Refuse an ``--onnx`` file exported from other weights than ``--checkpoint``'s, or one
+    that outputs class indices; warn (one line on stderr) when the file records no fingerprint.
+
+    Args:
+        metadata: the ONNX file's ``metadata_props`` (see :func:`segkit.export.export_metadata`).
+        model: the checkpoint's model as loaded.
+        args: the command's flags (``onnx``, ``checkpoint``, ``command``).
+    """
+    from segkit.export import FINGERPRINT_KEY, META_KEY
+
+    recorded = metadata.get(FINGERPRINT_KEY)
+    if recorded is None:
+        print(
+            f"segkit {getattr(args, 'command', 'eval')}: warning: {args.onnx} records no weights "
+            "fingerprint (exported by an older segkit or another tool), so it cannot be checked "
+            f"against {args.checkpoint}",
+            file=sys.stderr,
+        )
+    elif recorded != (actual := weights_fingerprint(model)):
+        raise ValueError(
+            f"{args.onnx} was exported from another checkpoint than {args.checkpoint} (weights "
+            f"fingerprint {recorded[:12]} vs {actual[:12]}); export this one with `segkit export "
+            f"--checkpoint {args.checkpoint} --out {args.onnx}`"
+        )
+    try:
+        kind = json.loads(metadata.get(META_KEY, "{}"))["output"]["kind"]
+    except (ValueError, KeyError, TypeError):
+        return
+    if kind != "logits":
+        raise ValueError(
+            f"{args.onnx} outputs class indices (exported with --argmax), not logits; export it "
+            "without --argmax to evaluate or predict with it"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,6 +23,14 @@ from typing import Any
 import yaml
 
 
+def limited(
+    default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **limits: Any
+) -> Any:
+    """A dataclass field with the limits :meth:`Config.update` checks: ``min``/``max``
+    (inclusive), ``above`` (exclusive lower bound), ``length`` (of a list), ``items_above``."""
+    return field(default=default, default_factory=factory, metadata={"limits": limits})
+
+
 @dataclass
 class ModelConfig:
     """Arguments of :func:`segkit.create_model` (``None``: the model's default)."""
@@ -35,8 +43,8 @@ class ModelConfig:
     multi_grid: list[int] | None = None
     separable: bool | None = None
     aspp_rates: list[int] | None = None
-    aspp_channels: int | None = None
-    decoder_channels: int | None = None
+    aspp_channels: int | None = limited(None, min=1)
+    decoder_channels: int | None = limited(None, min=1)
     attention: str | None = None
     jpu: bool | None = None
     lateral: bool | None = None
@@ -52,62 +60,63 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     year: int | None = None
-    num_classes: int | None = None
+    num_classes: int | None = limited(None, min=1)
     class_names: list[str] | None = None
     palette_file: str | None = None
     binary_255: bool | None = None
     nodata_ignore: bool | None = None
     seed: int | None = None
-    length: int | None = None
-    val_length: int | None = None
-    image_size: int | None = None
+    length: int | None = limited(None, min=1)
+    val_length: int | None = limited(None, min=1)
+    image_size: int | None = limited(None, min=1)
     skip_bad_samples: bool = False
-    crop_size: int = 513
-    scale_range: list[float] | None = field(default_factory=lambda: [0.5, 2.0])
-    hflip: float = 0.5
-    color_jitter: list[float] | None = field(default_factory=lambda: [0.25, 0.25, 0.25, 0.0])
+    crop_size: int = limited(513, min=1)
+    scale_range: list[float] | None = limited(factory=lambda: [0.5, 2.0], length=2, items_above=0)
+    hflip: float = limited(0.5, min=0, max=1)
+    color_jitter: list[float] | None = limited(factory=lambda: [0.25, 0.25, 0.25, 0.0], length=4)
     crop_val: bool = False
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    workers: int = 2
+    mean: list[float] = limited(factory=lambda: [0.485, 0.456, 0.406], length=3)
+    std: list[float] = limited(factory=lambda: [0.229, 0.224, 0.225], length=3, items_above=0)
+    workers: int = limited(2, min=0)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, schedule, loss and the run's bookkeeping."""
 
-    iters: int = 30000
-    epochs: int | None = None
-    batch_size: int = 16
+    iters: int = limited(30000, min=1)
+    epochs: int | None = limited(None, min=1)
+    batch_size: int = limited(16, min=1)
     optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float = limited(0.01, above=0)
+    momentum: float = limited(0.9, min=0, max=1)
+    weight_decay: float = limited(1e-4, min=0)
     lr_policy: str = "poly"
-    poly_power: float = 0.9
-    step_size: int | None = None
+    poly_power: float = limited(0.9, min=0)
+    step_size: int | None = limited(None, min=1)
     step_gamma: float = 0.1
-    warmup_iters: int = 0
-    backbone_lr_mult: float | None = None
+    warmup_iters: int = limited(0, min=0)
+    backbone_lr_mult: float | None = limited(None, min=0)
     loss: str = "ce"
     class_weights: list[float] | str | None = None
-    focal_gamma: float = 2.0
-    dice_weight: float = 1.0
-    ignore_index: int = 255
-    aux_weight: float = 0.4
-    se_weight: float = 0.2
+    focal_gamma: float = limited(2.0, min=0)
+    dice_weight: float = limited(1.0, min=0)
+    ignore_index: int = limited(255, min=0, max=255)  # masks are 8-bit
+    aux_weight: float = limited(0.4, min=0)
+    se_weight: float = limited(0.2, min=0)
     init_from: str | None = None
-    freeze_backbone_iters: int = 0
+    freeze_backbone_iters: int = limited(0, min=0)
     freeze_bn: bool = False
     amp: bool = False
     channels_last: bool = True  # NHWC activations: faster convolutions (oneDNN, cuDNN)
     device: str = "auto"
-    val_interval: int = 1000
-    log_interval: int = 10
+    val_interval: int = limited(1000, min=1)
+    log_interval: int = limited(10, min=1)
     seed: int = 0
     sync_bn: bool = False
     resume: bool = False
-    stop_after: int | None = None
+    overwrite: bool = False
+    stop_after: int | None = limited(None, min=1)
 
 
 @dataclass
@@ -115,11 +124,11 @@ class EvalConfig:
     """Inference protocol for validation, ``segkit eval`` and ``segkit predict``."""
 
     mode: str = "whole"
-    window: int | None = None
-    stride: int | None = None
-    scales: list[float] = field(default_factory=lambda: [1.0])
+    window: int | None = limited(None, min=1)
+    stride: int | None = limited(None, min=1)
+    scales: list[float] = limited(factory=lambda: [1.0], items_above=0)
     flip: bool = False
-    batch_size: int = 1
+    batch_size: int = limited(1, min=1)
 
 
 @dataclass
@@ -153,7 +162,16 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(
+                f"{path} is not valid YAML{where}: {reason}; fix the file (a recipe is a "
+                "mapping of sections: model, data, train, eval)"
+            ) from err
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a recipe is a mapping of sections, got {type(data)}")
         try:
@@ -166,7 +184,9 @@ class Config:
         for key, value in values.items():
             section, name = self._locate(key)
             hint = typing.get_type_hints(type(section))[name]
-            setattr(section, name, coerce(value, hint, key))
+            value = coerce(value, hint, key)
+            _check_limits(value, _limits(section, name), key)
+            setattr(section, name, value)
 
     def _locate(self, key: str) -> tuple[Any, str]:
         parts = key.split(".")
@@ -301,6 +321,29 @@ def _try(value: Any, option: Any) -> Any:
             return str(value)  # e.g. a folder named 2012
         return value if isinstance(value, str) else _FAIL
     return _FAIL
+
+
+def _limits(section: Any, name: str) -> dict[str, Any]:
+    return next(f.metadata.get("limits", {}) for f in dataclasses.fields(section) if f.name == name)
+
+
+def _check_limits(value: Any, limits: dict[str, Any], key: str) -> None:
+    """Raise ValueError naming ``key`` when ``value`` breaks one of its field's limits."""
+    if value is None or not limits:
+        return
+    problems = []
+    if "length" in limits and len(value) != limits["length"]:
+        problems.append(f"needs {limits['length']} values, got {len(value)}")
+    if "items_above" in limits and any(v <= limits["items_above"] for v in value):
+        problems.append(f"every value must be > {limits['items_above']}")
+    if "min" in limits and value < limits["min"]:
+        problems.append(f"must be >= {limits['min']}")
+    if "max" in limits and value > limits["max"]:
+        problems.append(f"must be <= {limits['max']}")
+    if "above" in limits and value <= limits["above"]:
+        problems.append(f"must be > {limits['above']}")
+    if problems:
+        raise ValueError(f"{key}={value!r}: {'; '.join(problems)}")
 
 
 def _is_union(hint: Any) -> bool:

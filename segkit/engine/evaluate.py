@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -11,6 +11,10 @@ from segkit.config import EvalConfig
 from segkit.engine.distributed import is_main_process
 from segkit.engine.inference import predict_logits
 from segkit.metrics import SegmentationMetrics
+
+
+class EvaluationInterruptedError(Exception):
+    """``should_stop`` asked evaluation to end early (a signal during validation)."""
 
 
 def inference_options(config: EvalConfig) -> dict:
@@ -36,10 +40,15 @@ def evaluate(
     config: EvalConfig,
     keep_samples: int = 0,
     progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[SegmentationMetrics, tuple[torch.Tensor, ...] | None]:
     """Score ``model`` on ``(image N x 3 x H x W, mask N x H x W)`` batches.
 
     The confusion matrix is summed over all processes under torchrun.
+
+    Raises:
+        EvaluationInterruptedError: ``should_stop()`` returned True before a batch (checked in a
+            single process only: under torchrun every rank must reach the final reduction).
 
     Returns:
         The metrics and, if ``keep_samples``, the first images, masks and predictions.
@@ -55,6 +64,9 @@ def evaluate(
 
         batches = tqdm(batches, desc="eval", unit="batch", leave=False)
     for images, masks in batches:
+        if should_stop is not None and should_stop():
+            model.train(was_training)
+            raise EvaluationInterruptedError
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         logits = predict_logits(model, images, num_classes=num_classes, **inference_options(config))

@@ -17,6 +17,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from segkit.datasets import colorize, denormalize
+from segkit.engine.run_folder import read_metrics
 
 
 class RunReporter:
@@ -28,6 +29,7 @@ class RunReporter:
         palette: one RGB colour per class (for image grids).
         mean: normalisation mean (to show inputs).
         std: normalisation std.
+        resume_at: the checkpoint's iteration when the run is resumed.
     """
 
     def __init__(
@@ -37,12 +39,15 @@ class RunReporter:
         palette: Sequence[tuple[int, int, int]],
         mean: Sequence[float],
         std: Sequence[float],
+        resume_at: int | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.class_names = list(class_names)
         self.palette = list(palette)
         self.mean, self.std = list(mean), list(std)
-        self.writer = SummaryWriter(log_dir=str(work_dir / "tensorboard"))
+        # On resume, TensorBoard drops the events an interrupted run logged after its checkpoint.
+        purge = None if resume_at is None else resume_at + 1
+        self.writer = SummaryWriter(log_dir=str(work_dir / "tensorboard"), purge_step=purge)
         self.metrics_path = work_dir / "metrics.jsonl"
         self.losses: list[tuple[int, float]] = []
 
@@ -84,7 +89,7 @@ class RunReporter:
         return np.concatenate(rows, axis=0).transpose(2, 0, 1)
 
     def _plot(self, confusion: torch.Tensor) -> None:
-        records = [json.loads(line) for line in self.metrics_path.read_text().splitlines()]
+        records = read_metrics(self.metrics_path)
         plots = self.work_dir / "plots"
         plots.mkdir(exist_ok=True)
 

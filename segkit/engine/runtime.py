@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Iterator
 from datetime import datetime
@@ -59,9 +60,32 @@ def build_model(config: Config, num_classes: int) -> Segmenter:
 
 
 def default_work_dir(config: Config) -> Path:
+    """``runs/<dataset>_<model>_<backbone>_<time>``, suffixed ``_2``, ``_3``... if it exists."""
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     name = f"{config.data.dataset}_{config.model.name}_{config.model.backbone}_{stamp}"
-    return Path("runs") / name.replace(":", "-").replace("/", "-")
+    base = Path("runs") / name.replace(":", "-").replace("/", "-")
+    folder, number = base, 1
+    while folder.exists():
+        number += 1
+        folder = base.with_name(f"{base.name}_{number}")
+    return folder
+
+
+def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state that hold NaN or infinity."""
+    if isinstance(state, torch.Tensor):
+        bad = state.is_floating_point() and not bool(torch.isfinite(state).all())
+        return [prefix or "tensor"] if bad else []
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    else:
+        return []
+    names = []
+    for key, value in items:
+        names += nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    return names
 
 
 def set_train_mode(model: nn.Module, *, backbone_frozen: bool, freeze_bn: bool) -> None:
@@ -75,26 +99,48 @@ def set_train_mode(model: nn.Module, *, backbone_frozen: bool, freeze_bn: bool) 
                 module.eval()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class StopRequest:
-    """SIGINT/SIGTERM handler: finish the current iteration, save last.pt, exit."""
+    """SIGINT/SIGTERM/SIGHUP handler: the run finishes its iteration, saves last.pt and exits
+    with status 128 + signal. A second signal stops at once, without saving (the checkpoint
+    on disk is intact: saves are atomic)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread (e.g. a notebook worker): no handler
                 return
 
     def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            self.restore()
+            print(f"\n{signal.Signals(signum).name} again: stopping now, not saving", flush=True)
+            raise SystemExit(128 + signum)
         self.signum = signum
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        self._previous.clear()
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block the stop signals in this thread while DataLoader workers are forked, so a worker
+    is never killed by a group-wide signal before its ``worker_init_fn`` ignores them; signals
+    that arrive meanwhile are delivered (to :class:`StopRequest`) on exit."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def class_weights_for(config: Config, dataset: SegmentationDataset) -> list[float] | None:

@@ -19,9 +19,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from segkit.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from segkit.config import Config
+from segkit.datasets import SampleError
 from segkit.engine import distributed as dist
+from segkit.engine import run_folder
 from segkit.engine.data import build_datasets, make_loader
-from segkit.engine.evaluate import evaluate
+from segkit.engine.evaluate import EvaluationInterruptedError, evaluate
 from segkit.engine.optim import build_optimizer, build_scheduler, resolve_backbone_lr_mult
 from segkit.engine.report import RunReporter
 from segkit.engine.runtime import (
@@ -30,10 +32,12 @@ from segkit.engine.runtime import (
     build_model,
     class_weights_for,
     default_work_dir,
+    nonfinite_tensors,
     resolve_device,
     restore_rng,
     rng_state,
     set_train_mode,
+    stop_signals_blocked,
 )
 from segkit.losses import build_criterion
 
@@ -52,8 +56,21 @@ class Trainer:
         self.main = self.rank == 0
         self.work_dir = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(cfg)
         cfg.work_dir = str(self.work_dir)
-        resume = self._resume_state() if cfg.train.resume else None
+        self.lock: run_folder.RunLock | None = None
+        self.reporter: RunReporter | None = None
+        if self.main:
+            self.lock = run_folder.claim(
+                self.work_dir, resume=cfg.train.resume, overwrite=cfg.train.overwrite
+            )
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
 
+    def _build(self) -> None:
+        cfg = self.config
+        resume = self._resume_state() if cfg.train.resume else None
         self.train_set, self.val_set = build_datasets(cfg)
         self.num_classes = self.train_set.num_classes
         self.model = build_model(cfg, self.num_classes)
@@ -104,6 +121,8 @@ class Trainer:
             dice_weight=cfg.train.dice_weight,
         ).to(self.device)
         self.start_iter, self.best_score = 0, -math.inf
+        self.saved_iter: int | None = None  # iteration of the last.pt on disk
+        self.pending_validation = False
         if resume is not None:
             self._load_state(resume)
         self.ddp: torch.nn.Module = self.model
@@ -115,22 +134,41 @@ class Trainer:
         return self.device.type == "cuda"
 
     def run(self) -> dict[str, Any]:
-        """Train to ``train.iters`` (or until stopped); returns the last validation record."""
+        """Train to ``train.iters`` (or until stopped); returns the last validation record.
+
+        A stop signal (INT, TERM, HUP) ends the iteration under way (or the validation, in a
+        single process), saves last.pt and returns with ``stopped_at`` and ``signal``. A bad
+        sample met by the loader saves last.pt, then raises its :class:`SampleError`.
+        """
         cfg = self.config.train
         stop = StopRequest()
         stop.install()
         progress = self._progress()
         record: dict[str, Any] = {}
         running, count, started = 0.0, 0, time.perf_counter()
-        batches = None
+        batches, done = None, self.start_iter
         try:
+            with stop_signals_blocked():  # start every loader's workers with the signals held
+                iter(self.val_loader)
+                iter(self.loader)
+            if self.pending_validation:  # the interrupted run was stopped while validating
+                record = self._validate_and_save(self.start_iter, None, stop, started)
             for it in range(self.start_iter, self.total):
                 self._set_phase(it)
                 epoch, position = divmod(it, self.iters_per_epoch)
                 if batches is None or position == 0:
                     self.loader.sampler.set_epoch(epoch, start=position * cfg.batch_size)
                     batches = iter(self.loader)
-                images, masks = next(batches)
+                try:
+                    images, masks = next(batches)
+                except SampleError as err:
+                    self._save(it)
+                    raise SampleError(
+                        err.problem.kind,
+                        err.problem.path,
+                        f"{err} (training stopped at iteration {it}; {self._saved_note()}: "
+                        "fix the file or add --skip-bad-samples, then --resume)",
+                    ) from None
                 loss, parts = self.step(images, masks, it)
                 running, count = running + loss, count + 1
                 lr = self.optimizer.param_groups[-1]["lr"]
@@ -138,21 +176,26 @@ class Trainer:
                     self.reporter.log_train(it + 1, loss, parts, lr)
                 done = it + 1
                 if done % cfg.val_interval == 0 or done == self.total:
-                    record = self._validate(done, running / count, lr, started)
+                    record = self._validate_and_save(done, running / count, stop, started)
                     running, count = 0.0, 0
-                    self._save(done, record["mIoU"])
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", mIoU=self._last_miou)
                 if self._should_stop(stop, done):
-                    self._save(done, None)
+                    if self.saved_iter != done:
+                        self._save(done)
                     return {**record, "stopped_at": done, "signal": stop.signum}
+        except EvaluationInterruptedError:
+            if self.saved_iter != done:  # else last.pt already waits for this validation
+                self._save(done, pending=True)
+            print(f"\nstopped during validation ({self._saved_note()}; it validates first on "
+                  "--resume)", flush=True)  # fmt: skip
+            return {**record, "stopped_at": self.saved_iter, "signal": stop.signum}
         finally:
             stop.restore()
             if progress is not None:
                 progress.close()
-            if self.main:
-                self.reporter.close()
+            self.close()
         return record
 
     def step(self, images: torch.Tensor, masks: torch.Tensor, it: int) -> tuple[float, dict]:
@@ -164,13 +207,8 @@ class Trainer:
             loss, parts = self.criterion(outputs, masks)
         value = float(dist.mean_across_ranks(loss.detach()))
         if not math.isfinite(value):
-            last = self.work_dir / "checkpoints" / "last.pt"
-            kept = (
-                f"the last good checkpoint {last} is intact" if last.exists() else "no checkpoint"
-            )
             raise TrainingDivergedError(
-                f"loss is {value} at iteration {it + 1}; training stopped ({kept}). Lower "
-                "--lr, add --warmup-iters, drop --amp, or check the data with `segkit doctor`."
+                f"loss is {value} at iteration {it + 1}; training stopped. {self._recovery()}"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -206,7 +244,11 @@ class Trainer:
             freeze_bn=self.config.train.freeze_bn,
         )
 
-    def _validate(self, done: int, loss: float, lr: float, started: float) -> dict[str, Any]:
+    def _validate_and_save(
+        self, done: int, loss: float | None, stop: StopRequest, started: float
+    ) -> dict[str, Any]:
+        """Validate, save the checkpoints, then log: the log never runs ahead of last.pt."""
+        single = self.world == 1  # under torchrun every rank must finish the reduction
         metrics, samples = evaluate(
             self.model,
             self.val_loader,
@@ -216,14 +258,17 @@ class Trainer:
             device=self.device,
             config=self.config.eval,
             keep_samples=4,
+            should_stop=(lambda: stop.signum is not None) if single else None,
         )
         self._apply_train_mode()
+        lr = self.optimizer.param_groups[-1]["lr"]
         record = {"iter": done, **metrics.compute(), "loss": loss, "lr": lr}
         record["seconds"] = round(time.perf_counter() - started, 2)
         self._last_miou = f"{record['mIoU']:.3f}"
+        self._last_table = metrics.format_table()
+        self._save(done, record)
         if self.main:
             self.reporter.log_validation(record, metrics.matrix, samples)
-        self._last_table = metrics.format_table()
         return record
 
     _last_miou = "-"
@@ -245,10 +290,34 @@ class Trainer:
     def _resume_state(self) -> dict[str, Any]:
         path = self.work_dir / "checkpoints" / "last.pt"
         if not path.is_file():
-            raise FileNotFoundError(
-                f"--resume needs {path}: pass --work-dir of the interrupted run"
+            best = path.with_name("best.pt")
+            hint = (
+                f" (it has {best.name}, which holds weights only: start a new run from it with "
+                f"--work-dir NEW --init-from {best})"
+                if best.is_file()
+                else ""
             )
-        return load_checkpoint(path)
+            raise run_folder.RunFolderError(
+                f"--resume needs {path}, which does not exist{hint}; pass --work-dir of the "
+                "interrupted run"
+            )
+        state = load_checkpoint(path)
+        needed = ("optimizer", "scheduler", "scaler", "iteration", "rng", "config", "best_score")
+        missing = [k for k in needed if k not in state]
+        if missing:
+            raise run_folder.RunFolderError(
+                f"{path} holds weights only (no {', '.join(missing)}), so training cannot "
+                f"continue exactly from it; start a new run from its weights with --work-dir "
+                f"NEW --init-from {path}"
+            )
+        changed = run_folder.check_resume_changes(state["config"], self.config.to_dict())
+        if self.main and changed:
+            print(f"resume changes: {', '.join(changed)}", flush=True)
+        if self.main:
+            run_folder.reconcile_metrics(
+                self.work_dir / "metrics.jsonl", int(state["iteration"]), state.get("record")
+            )
+        return state
 
     def _report_loads(self, resume: dict[str, Any] | None) -> None:
         reports = list(self.model.load_reports)
@@ -271,10 +340,20 @@ class Trainer:
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["state_dict"])
+        # The schedule is rebuilt from this invocation's settings (a new --lr or --iters after a
+        # divergence), then positioned at the saved step; unchanged settings give the saved LRs.
+        base_lrs = list(self.scheduler.base_lrs)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.scheduler.base_lrs = base_lrs
+        for group, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
+            group["initial_lr"] = base
+            group["lr"] = base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        if state["scaler"]:  # empty when saved without CUDA AMP
+            self.scaler.load_state_dict(state["scaler"])
         self.start_iter = int(state["iteration"])
+        self.saved_iter = self.start_iter
+        self.pending_validation = bool(state.get("pending_validation", False))
         self.best_score = float(state["best_score"])
         if self.rank < len(state["rng"]):  # a run resumed on more processes seeds the rest
             restore_rng(state["rng"][self.rank], self.device)
@@ -288,7 +367,12 @@ class Trainer:
         self.config.save(self.work_dir / "config.yaml")
         data = self.config.data
         return RunReporter(
-            self.work_dir, self.train_set.class_names, self.train_set.palette, data.mean, data.std
+            self.work_dir,
+            self.train_set.class_names,
+            self.train_set.palette,
+            data.mean,
+            data.std,
+            resume_at=self.start_iter if self.config.train.resume else None,
         )
 
     def _progress(self) -> Any:
@@ -300,32 +384,81 @@ class Trainer:
             total=self.total, initial=self.start_iter, desc="train", unit="it", dynamic_ncols=True
         )
 
-    def _save(self, done: int, score: float | None) -> None:
-        """last.pt always; best.pt (weights only) when ``score`` beats the best so far."""
+    def _save(
+        self, done: int, record: dict[str, Any] | None = None, *, pending: bool = False
+    ) -> None:
+        """last.pt always; best.pt (weights only) when ``record``'s mIoU beats the best so far.
+
+        Nothing non-finite is written: a model or optimiser state holding NaN or infinity (e.g.
+        BatchNorm statistics poisoned before the loss turned NaN) raises
+        :class:`TrainingDivergedError` and the last.pt on disk stays as it was.
+        """
         states = _gather_rng(self.device)
         if not self.main:
             return
+        model_state = self.model.state_dict()
+        optimizer_state = self.optimizer.state_dict()
+        bad = nonfinite_tensors(model_state) + nonfinite_tensors(optimizer_state, "optimizer")
+        if bad:
+            shown = ", ".join(bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else "")
+            raise TrainingDivergedError(
+                f"the model holds NaN or infinite values at iteration {done}; not saved "
+                f"({shown}). {self._recovery()}"
+            )
+        score = None if record is None else record["mIoU"]
         improved = score is not None and score > self.best_score
         if improved:
             self.best_score = score
         payload = {
             "model": self.model.config,
-            "state_dict": self.model.state_dict(),
+            "state_dict": model_state,
             "meta": self.meta(),
             "config": self.config.to_dict(),
             "iteration": done,
             "best_score": self.best_score,
+            "record": record,
         }
         folder = self.work_dir / "checkpoints"
         if improved:
             save_checkpoint(folder / "best.pt", payload)
         training = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": states,
+            "pending_validation": pending,
         }
         save_checkpoint(folder / "last.pt", {**payload, **training})
+        self.saved_iter = done
+
+    def _saved_note(self) -> str:
+        last = self.work_dir / "checkpoints" / "last.pt"
+        if self.saved_iter is None:
+            return "no checkpoint was saved yet"
+        return f"{last} holds iteration {self.saved_iter}"
+
+    def _recovery(self) -> str:
+        """What is on disk after a divergence and the command that continues from it."""
+        if self.saved_iter is None:
+            return (
+                "No checkpoint was saved yet. Lower --lr, add --warmup-iters, drop --amp, or "
+                "check the data with `segkit doctor`."
+            )
+        lr = self.config.train.lr
+        return (
+            f"The last good checkpoint is intact ({self._saved_note()}); continue from it with "
+            f"a lower learning rate: segkit train --resume --work-dir {self.work_dir} "
+            f"--lr {lr / 2:g} (or --no-amp)."
+        )
+
+    def close(self) -> None:
+        """Flush the logs and release the run folder (also after a failure)."""
+        if self.reporter is not None:
+            self.reporter.close()
+            self.reporter = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def meta(self) -> dict[str, Any]:
         """What eval/predict/export need besides weights: classes, colours, normalisation."""
@@ -356,6 +489,7 @@ def train(config: Config) -> dict[str, Any]:
     try:
         record = trainer.run()
     finally:
+        trainer.close()
         dist.cleanup()
     if trainer.main and "stopped_at" not in record and trainer._last_table:
         print(trainer._last_table)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from segkit.checkpoint import load_checkpoint
 from segkit.config import SHAPES_RECIPE, Config, parse_set
 
 # flag -> config key. Every flag defaults to None ("not given") so it never hides a recipe value.
@@ -84,6 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --work-dir from last.pt"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --work-dir (without it an existing run is refused)",
+    )
     for flag, key in FLAGS.items():
         metavar = key.rsplit(".", 1)[-1].upper()
         parser.add_argument(flag, dest=key, default=None, metavar=metavar, help=f"sets {key}")
@@ -95,13 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Resolve the configuration (recipe, flags, --set); on --resume start from the run's own."""
+    if args.resume and args.overwrite:
+        raise ValueError(
+            "--resume continues the run in --work-dir, --overwrite replaces it: give one of them"
+        )
     if args.resume:
-        if not args.work_dir:
-            raise ValueError("--resume needs --work-dir DIR (the run to continue)")
-        saved = Path(args.work_dir) / "config.yaml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"--resume: {saved} not found; is {args.work_dir} a run?")
-        config = Config.load(saved)
+        config = _run_config(args.work_dir)
         config.train.stop_after = None  # a limit of the interrupted invocation, not of the run
     elif args.config:
         config = Config.load(args.config)
@@ -117,7 +122,36 @@ def config_from_args(args: argparse.Namespace) -> Config:
     config.update(given)
     config.update(parse_set(args.set))
     config.train.resume = bool(args.resume)
+    config.train.overwrite = bool(args.overwrite)
     return config
+
+
+def _run_config(work_dir: str | None) -> Config:
+    """The configuration of the run to resume: its config.yaml or, when that file is gone,
+    the copy inside checkpoints/last.pt."""
+    if not work_dir:
+        raise ValueError("--resume needs --work-dir DIR (the run to continue)")
+    saved = Path(work_dir) / "config.yaml"
+    if saved.is_file():
+        try:
+            return Config.load(saved)
+        except ValueError as err:
+            raise ValueError(
+                f"{err}. Or delete {saved} to resume with the configuration stored in "
+                "checkpoints/last.pt"
+            ) from None
+    last = Path(work_dir) / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"--resume: {work_dir} holds no run (neither config.yaml nor checkpoints/last.pt)"
+        )
+    stored = load_checkpoint(last).get("config")
+    if not isinstance(stored, dict):
+        raise ValueError(
+            f"--resume: {work_dir} has no config.yaml and {last} holds no configuration; "
+            f"start a new run from its weights with --work-dir NEW --init-from {last}"
+        )
+    return Config.from_dict(stored)
 
 
 def run(args: argparse.Namespace) -> int:

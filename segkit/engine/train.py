@@ -17,7 +17,12 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from segkit.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from segkit.checkpoint import (
+    CheckpointWriteError,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from segkit.config import Config
 from segkit.datasets import SampleError
 from segkit.engine import distributed as dist
@@ -419,8 +424,6 @@ class Trainer:
             "record": record,
         }
         folder = self.work_dir / "checkpoints"
-        if improved:
-            save_checkpoint(folder / "best.pt", payload)
         training = {
             "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
@@ -428,7 +431,17 @@ class Trainer:
             "rng": states,
             "pending_validation": pending,
         }
-        save_checkpoint(folder / "last.pt", {**payload, **training})
+        try:
+            if improved:
+                save_checkpoint(folder / "best.pt", payload)
+            save_checkpoint(folder / "last.pt", {**payload, **training})
+        except CheckpointWriteError as err:
+            raise CheckpointWriteError(
+                f"{err} Training stopped at iteration {done}; {self._saved_note()}: continue "
+                f"with segkit train --resume --work-dir {self.work_dir}",
+                path=err.path,
+                errno=err.errno,
+            ) from None
         self.saved_iter = done
 
     def _saved_note(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -174,3 +175,29 @@ def test_default_run_folders_never_collide(tmp_path, monkeypatch) -> None:
     first.mkdir(parents=True)
     second = runtime.default_work_dir(Config())
     assert second != first and second.name == first.name + "_2"
+
+
+def test_a_full_disk_during_training_stops_in_one_line_and_keeps_last(tmp_path) -> None:
+    work = tmp_path / "run"
+    assert train(work, "--iters", "6", "--val-interval", "2", "--stop-after", "2") == 0
+    before = (work / "checkpoints" / "last.pt").read_bytes()
+
+    def small_files() -> None:  # writes past 1 MB fail with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+
+    process = subprocess.run(
+        [sys.executable, "-m", "segkit.cli", "train", "--resume", "--work-dir", str(work)],
+        capture_output=True, text=True, preexec_fn=small_files, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert process.returncode == 2, process.stderr
+    last_line = process.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("segkit train: error: could not write checkpoint")
+    assert "Training stopped at iteration 4" in last_line and "--resume" in last_line
+    assert "Traceback" not in process.stderr and "inline_container" not in process.stderr
+    assert (work / "checkpoints" / "last.pt").read_bytes() == before
+    assert not list((work / "checkpoints").glob(".*.tmp"))
+    # Once there is room again, the run continues from where it was saved.
+    assert train(work, "--resume") == 0
+    assert [r["iter"] for r in read_jsonl(work / "metrics.jsonl")] == [2, 4, 6]

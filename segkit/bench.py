@@ -113,8 +113,6 @@ def eager_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object
 
 def run(args: argparse.Namespace) -> int:
     """Print one row per runtime."""
-    if args.train and args.batch < 2:
-        raise ValueError("--train needs --batch 2 or more (BatchNorm statistics in training)")
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

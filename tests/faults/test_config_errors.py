@@ -44,3 +44,8 @@ def test_a_recipe_value_out_of_range_names_the_file(tmp_path, one_error_line) ->
     recipe.write_text("train:\n  iters: 0\n")
     assert train(tmp_path / "run", "--config", str(recipe)) == 2
     assert f"{recipe}: train.iters=0: must be >= 1" in one_error_line()
+
+
+def test_batch_size_one_trains_deeplab(tmp_path) -> None:
+    # The ASPP image-pooling BatchNorm sees one value per channel at batch 1.
+    assert train(tmp_path / "run", "--batch-size", "1", "--iters", "2", "--val-interval", "2") == 0

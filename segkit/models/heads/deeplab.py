@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from segkit.models.attention import attention_or_identity, build_attention
-from segkit.models.layers import ConvBNReLU, conv_bn_relu, resize
+from segkit.models.layers import ConvBNReLU, PooledBatchNorm2d, conv_bn_relu, resize
 
 BASE_RATES = (6, 12, 18)  # the paper's rates at output stride 16
 
@@ -20,13 +20,17 @@ def default_aspp_rates(output_stride: int) -> tuple[int, ...]:
 
 
 class ASPPPooling(nn.Sequential):
-    """Image-level branch: global average pool, 1x1 conv-BN-ReLU, broadcast back."""
+    """Image-level branch: global average pool, 1x1 conv-BN-ReLU, broadcast back.
+
+    The BN sees one value per channel per image, so it is a :class:`PooledBatchNorm2d`: at
+    training batch size 1 it normalises with its running statistics instead of failing.
+    """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
             nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(in_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            PooledBatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
 

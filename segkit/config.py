@@ -153,7 +153,7 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> Config:
         """Defaults updated by a nested dict; unknown keys and bad types raise ValueError."""
         config = cls()
-        config.update(_flatten(data))
+        config.update(flatten(data))
         return config
 
     @classmethod
@@ -354,7 +354,8 @@ def _describe(hint: Any) -> str:
     return str(hint).replace("typing.", "")
 
 
-def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+def flatten(data: dict[str, Any]) -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (one level of sections)."""
     flat = {}
     for key, value in data.items():
         if isinstance(value, dict):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from segkit.checkpoint import default_file_mode, remove_stale_temporaries
+from segkit.config import flatten
 
 LOCK_NAME = ".segkit.lock"
 # What `segkit train` writes into a run folder; their presence means "a run lives here".
@@ -207,7 +208,7 @@ def reconcile_metrics(path: Path, iteration: int, record: dict[str, Any] | None)
 def check_resume_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The dotted keys whose values differ between the checkpoint's config and the resumed
     one; raise :class:`RunFolderError` if any of them is not a setting a resume may change."""
-    before, after = _flatten(saved), _flatten(now)
+    before, after = flatten(saved), flatten(now)
     changed = sorted(k for k in after if k in before and before[k] != after[k])
     refused = [k for k in changed if not any(fnmatch.fnmatch(k, p) for p in RESUME_MAY_CHANGE)]
     if refused:
@@ -222,13 +223,3 @@ def check_resume_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str
             f"change: {allowed}"
         )
     return changed
-
-
-def _flatten(config: dict[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            flat[key] = value
-    return flat

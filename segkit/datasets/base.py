@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,27 +130,61 @@ class SegmentationDataset(Dataset):
         image = read_image(files.image)
         notes: list[Problem] = []
         mask = self.read_label(files, image, notes)
-        if mask.shape != image.shape[:2]:
+        self.check_label(files, image.shape[:2], mask)
+        return RawSample(image, mask.astype(np.uint8), files.name, files.image, files.mask, notes)
+
+    def check_label(
+        self, files: SampleFiles, image_size: tuple[int, int], mask: np.ndarray
+    ) -> None:
+        """Raise ``"size-mismatch"`` or ``"out-of-range"`` for a mask read by :meth:`read_label`.
+
+        Args:
+            files: The sample's files.
+            image_size: The image's ``(height, width)``.
+            mask: ``H x W`` class indices.
+        """
+        if mask.shape != tuple(image_size):
             raise SampleError(
                 "size-mismatch",
                 files.mask,
-                f"image '{files.image}' is {image.shape[1]}x{image.shape[0]} (WxH) but its mask "
+                f"image '{files.image}' is {image_size[1]}x{image_size[0]} (WxH) but its mask "
                 f"'{files.mask}' is {mask.shape[1]}x{mask.shape[0]}",
                 hint=f"Fix: image and mask must be the same size; {SKIP_HINT}",
             )
         self.check_values(mask, self.num_classes, files.mask)
-        return RawSample(image, mask.astype(np.uint8), files.name, files.image, files.mask, notes)
 
     def split_checks(self) -> list[Problem]:
         """Whole-split problems that no single file shows (overridden; used by doctor)."""
         return []
 
-    def read_label(self, files: SampleFiles, image: np.ndarray, notes: list[Problem]) -> np.ndarray:
+    def value_checks(self, values: Set[int]) -> list[Problem]:
+        """Problems shown by the set of mask ``values`` met in the whole split (overridden).
+
+        Doctor reports them and the pre-flight check refuses to train on them.
+        """
+        return []
+
+    def label_settings(self) -> dict[str, object]:
+        """The settings that decide whether a mask is valid and how it reads (JSON values).
+
+        Part of the pre-flight cache key: subclasses add their label options and mappings.
+        """
+        cls = type(self)
+        return {
+            "dataset": f"{cls.__module__}.{cls.__qualname__}",
+            "num_classes": self.num_classes,
+            "ignore_index": self.ignore_index,
+        }
+
+    def read_label(
+        self, files: SampleFiles, image: np.ndarray | None, notes: list[Problem]
+    ) -> np.ndarray:
         """Read the mask of ``files`` as ``H x W`` class indices (overridden for label mapping).
 
         Args:
             files: The sample's files.
-            image: The decoded ``H x W x 3`` image (for rules such as no-data masking).
+            image: The decoded ``H x W x 3`` image (for rules such as no-data masking), or None
+                in the pre-flight check, which decodes no image: rules that need it are skipped.
             notes: Append non-fatal problems here.
         """
         return read_mask(files.mask)
@@ -165,7 +199,7 @@ class SegmentationDataset(Dataset):
 
     def check_values(self, mask: np.ndarray, limit: int, path: Path, what: str = "values") -> None:
         """Raise ``"out-of-range"`` if ``mask`` holds values outside ``[0, limit) ∪ {255}``."""
-        if mask.size == 0 or (mask.min() >= 0 and mask.max() < limit):
+        if mask.size == 0 or (mask.min() >= 0 and self._max_label(mask) < limit):
             return
         values = np.unique(mask)
         bad = [int(v) for v in values if (v < 0 or v >= limit) and v != self.ignore_index]
@@ -181,6 +215,14 @@ class SegmentationDataset(Dataset):
                 tuple(bad),
                 self.value_hint(bad),
             )
+
+    def _max_label(self, mask: np.ndarray) -> int:
+        """The largest value of ``mask`` other than the ignore index (0 if none)."""
+        top = int(mask.max())
+        if top != self.ignore_index:
+            return top
+        # Masks with an ignore border (VOC) land here: 10x faster than np.unique.
+        return int(np.max(mask, where=mask != self.ignore_index, initial=0))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``index`` after the transform: ``(3 x H x W float32, H x W int64)``."""
@@ -212,6 +254,12 @@ class SegmentationDataset(Dataset):
                     f"skipping bad sample ({len(self.bad_samples)} so far): {err}", stacklevel=3
                 )
         raise RuntimeError(f"every sample of {type(self).__name__} split '{self.split}' is bad")
+
+    def remove_samples(self, indices: Collection[int]) -> None:
+        """Drop samples ``indices`` (e.g. bad ones) so that no sampler draws them."""
+        drop = set(indices)
+        self.files = [files for i, files in enumerate(self.files) if i not in drop]
+        self.bad_samples = {}  # indices moved
 
     def _check_index(self, index: int) -> int:
         if not -len(self) <= index < len(self):

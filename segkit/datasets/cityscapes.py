@@ -90,12 +90,17 @@ class Cityscapes(SegmentationDataset):
         )
         self._lut = cityscapes_id_to_train_id()
 
-    def read_label(self, files: SampleFiles, image: np.ndarray, notes: list[Problem]) -> np.ndarray:
+    def read_label(
+        self, files: SampleFiles, image: np.ndarray | None, notes: list[Problem]
+    ) -> np.ndarray:
         mask = read_mask(files.mask)
         if files.mask.name.endswith(TRAIN_ID_TAIL):
             return mask  # already train ids; the base class checks them against 19 classes
         self.check_values(mask, NUM_LABEL_IDS, files.mask, what="label ids")
         return self._lut[mask]
+
+    def label_settings(self) -> dict[str, object]:
+        return {**super().label_settings(), "label_id_to_train_id": self._lut.tolist()}
 
     def value_hint(self, bad: list[int]) -> str:
         return (

@@ -20,6 +20,7 @@ import numpy as np
 from segkit.datasets import build_dataset, dataset_options, list_datasets
 from segkit.datasets.base import SegmentationDataset
 from segkit.datasets.io import Problem, SampleError
+from segkit.datasets.preflight import hint_lines, problem_lines
 
 
 @dataclass
@@ -45,7 +46,9 @@ def scan_dataset(
     """Read every sample (or the first ``max_samples``) and collect problems and class counts.
 
     Class counts cover the valid samples only; the training engine can use them for class
-    weights. Reading runs in ``workers`` threads (the decoders release the GIL).
+    weights. Reading runs in ``workers`` threads (the decoders release the GIL). Problems of the
+    whole split's mask values (:meth:`~SegmentationDataset.value_checks`, shared with the
+    pre-flight check) come last.
     """
     report = ScanReport(problems=list(dataset.file_problems) + dataset.split_checks())
     count = len(dataset) if max_samples is None else min(len(dataset), max_samples)
@@ -66,6 +69,7 @@ def scan_dataset(
             counts = np.bincount(mask.ravel(), minlength=256)
             report.pixel_counts += counts
             report.image_counts += counts > 0
+    report.problems += dataset.value_checks(set(np.flatnonzero(report.pixel_counts).tolist()))
     return report
 
 
@@ -133,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
     report = scan_dataset(dataset, max_samples=args.max_samples, workers=args.workers)
     if args.max_samples is not None and args.max_samples < len(dataset):
         print(f"checked the first {args.max_samples} of {len(dataset)} samples")
-    for problem in report.problems:
-        print(f"{problem.kind}: {problem.message}")
+    for line in problem_lines(report.problems):
+        print(line)
     _print_frequencies(dataset, report)
     return _summary(report)
 
@@ -165,9 +169,8 @@ def _summary(report: ScanReport) -> int:
     if out_of_range:
         values = ", ".join(f"{v} ({n} files)" for v, n in sorted(out_of_range.items())[:20])
         print(f"out-of-range values: {values}")
-    hints = dict.fromkeys(problem.hint for problem in report.problems if problem.hint)
-    for hint in hints:  # once each, not once per file
-        print(f"hint: {hint.removeprefix('Fix: ')}")
+    for line in hint_lines(report.problems):  # once each, not once per file
+        print(line)
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
     print(f"found {len(report.problems)} problem(s) in {files} file(s): {summary}")
     return 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +19,17 @@ from segkit.datasets.base import (
 from segkit.datasets.io import Problem, SampleError, decode_label_array
 from segkit.datasets.palettes import colors_to_index, load_palette_file, voc_palette
 
-BINARY_HINT = (
-    "if 255 marks the foreground of binary masks stored as 0/255, pass binary_255=True "
-    "(--set data.binary_255=true, or --binary-255 for segkit doctor)"
-)
+
+def binary_hint(num_classes: int) -> str:
+    """How to read 0/255 masks as classes 0 and 1 (``binary_255`` needs 2 classes)."""
+    flags = "--binary-255" if num_classes == 2 else "--num-classes 2 --binary-255"
+    return (
+        f"if 255 marks the foreground of binary masks stored as 0/255, add {flags} "
+        "(binary_255=True; the same flag for segkit train and segkit doctor)"
+    )
+
+
+BINARY_HINT = binary_hint(2)
 
 
 class FolderDataset(SegmentationDataset):
@@ -60,6 +67,7 @@ class FolderDataset(SegmentationDataset):
         super().__init__(split=split, transform=transform, skip_bad_samples=skip_bad_samples)
         self.root = require_root(root, "folder")
         self.binary_255 = bool(binary_255)
+        self.palette_file = Path(palette_file) if palette_file is not None else None
         self._color_palette: list[tuple[int, int, int]] | None = None
         self._ignore_colors: list[tuple[int, int, int]] = []
         self._set_classes(num_classes, class_names, palette_file)
@@ -121,7 +129,9 @@ class FolderDataset(SegmentationDataset):
         self.class_names = names
         self.palette = self._color_palette or voc_palette(len(names))
 
-    def read_label(self, files: SampleFiles, image: np.ndarray, notes: list[Problem]) -> np.ndarray:
+    def read_label(
+        self, files: SampleFiles, image: np.ndarray | None, notes: list[Problem]
+    ) -> np.ndarray:
         array = decode_label_array(files.mask)
         if array.ndim == 3:
             return self._colors_to_index(array, files.mask, notes)
@@ -138,6 +148,35 @@ class FolderDataset(SegmentationDataset):
                 )
             )
         return array
+
+    def value_checks(self, values: Set[int]) -> list[Problem]:
+        """Refuse masks that hold nothing but 0 and 255 when 255 is the ignore index.
+
+        Trained so, every foreground pixel is ignored: the model predicts background everywhere
+        and validation mIoU reads 1.0 (class 0 is the only class present).
+        """
+        if self.binary_255 or self._color_palette is not None or 255 not in values:
+            return []
+        if set(values) - {0, 255}:
+            return []
+        return [
+            Problem(
+                "binary-255",
+                str(self.root / "masks" / self.split),
+                f"every mask of split '{self.split}' holds only 0 and 255, and 255 is the ignore "
+                "index: no pixel is foreground, so the model would learn nothing (and report "
+                "val mIoU 1.0)",
+                hint=f"Fix: {binary_hint(self.num_classes)}",
+            )
+        ]
+
+    def label_settings(self) -> dict[str, object]:
+        return {
+            **super().label_settings(),
+            "binary_255": self.binary_255,
+            "palette": self._color_palette,
+            "ignore_colors": self._ignore_colors,
+        }
 
     def _colors_to_index(self, rgb: np.ndarray, path: Path, notes: list[Problem]) -> np.ndarray:
         if self._color_palette is None:

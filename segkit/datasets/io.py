@@ -81,6 +81,37 @@ def read_image(path: str | Path) -> np.ndarray:
         raise SampleError("undecodable", path, f"cannot decode image '{path}': {err}") from err
 
 
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header, without decoding the pixels.
+
+    TIFF files are sized by ``tifffile`` from their first page (falling back to PIL, as
+    :func:`read_image` does); every other format by ``PIL.Image.open(path).size``, which reads
+    the header only. A file whose pixel data is damaged past the header passes.
+
+    Raises:
+        SampleError: ``"undecodable"`` when the file is missing or its header unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SampleError("undecodable", path, f"cannot decode image '{path}': file not found")
+    reasons = []
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+        except Exception as err:  # any parser failure: try PIL, then report both reasons
+            reasons.append(f"tifffile: {err}")
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception as err:  # PIL raises many types (OSError, SyntaxError, struct.error...)
+        reasons.append(f"{'PIL: ' if reasons else ''}{err}")
+    raise SampleError("undecodable", path, f"cannot decode image '{path}': {'; '.join(reasons)}")
+
+
 def decode_label_array(path: str | Path) -> np.ndarray:
     """Read a mask file as stored: ``H x W`` indices, or ``H x W x 3`` for a colour mask.
 

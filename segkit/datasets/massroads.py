@@ -71,13 +71,15 @@ class MassachusettsRoads(SegmentationDataset):
             files, image_dups + mask_dups + problems, images=len(images), masks=len(masks)
         )
 
-    def read_label(self, files: SampleFiles, image: np.ndarray, notes: list[Problem]) -> np.ndarray:
+    def read_label(
+        self, files: SampleFiles, image: np.ndarray | None, notes: list[Problem]
+    ) -> np.ndarray:
         raw = read_mask(files.mask)
         bad = np.setdiff1d(np.unique(raw), [0, 1, 255])
         if bad.size:
             self.check_values(np.where(raw == 255, 0, raw), 2, files.mask)  # raises, naming values
         mask = (raw != 0).astype(np.uint8)  # 255 (or 1) = road
-        if self.nodata_ignore:
+        if self.nodata_ignore and image is not None:  # None: pre-flight (only adds 255s)
             mask[(image == 255).all(axis=2)] = self.ignore_index
         return mask
 

@@ -5,18 +5,30 @@ Every training draw is a pair ``(index, seed)``: the sampler derives both from
 random transforms under that seed. A sample therefore gets the same augmentation whatever the
 number of DataLoader workers or processes, which makes ``--resume`` exact and lets N processes
 with batch B reproduce one process with batch N x B.
+
+A sample that fails to load (:class:`~segkit.datasets.SampleError`) reaches the main process as
+that one error, not wrapped in a DataLoader worker traceback, and workers leave the stop signals
+that a whole process group receives (Slurm, ``timeout``, Ctrl-C) to the main process, which
+decides when to stop, saves a checkpoint and exits.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import signal
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from segkit.config import Config
 from segkit.datasets import (
+    Problem,
+    SampleError,
     SegmentationDataset,
     build_dataset,
     build_eval_transforms,
@@ -84,8 +96,27 @@ class SeededSampler(Sampler[tuple[int, int]]):
         return ((int(order[p]), int(seeds[p])) for p in positions)
 
 
+@dataclass(frozen=True)
+class SampleFailure:
+    """A sample that raised :class:`SampleError`, passed on as data (picklable).
+
+    Raised in a worker, the error would reach the main process wrapped in the worker's
+    traceback; as data it goes through the collate function and the loader raises it again.
+    """
+
+    problem: Problem
+
+    def error(self) -> SampleError:
+        """The original error: same kind, path, message, values and hint."""
+        p = self.problem
+        return SampleError(p.kind, p.path, p.message, p.values, p.hint)
+
+
 class SeededDataset(Dataset):
-    """Runs ``dataset[index]`` under a given seed, leaving the global RNG untouched."""
+    """Runs ``dataset[index]`` under a given seed, leaving the global RNG untouched.
+
+    A :class:`SampleError` is returned as a :class:`SampleFailure` (see :class:`SampleLoader`).
+    """
 
     def __init__(self, dataset: SegmentationDataset) -> None:
         self.dataset = dataset
@@ -93,11 +124,82 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(
+        self, item: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor] | SampleFailure:
         index, seed = item
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.dataset[index]
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.dataset[index]
+        except SampleError as err:
+            return SampleFailure(err.problem)
+
+
+def collate_samples(items: list[Any]) -> Any:
+    """``default_collate``, or the first :class:`SampleFailure` of the batch as is."""
+    failure = next((item for item in items if isinstance(item, SampleFailure)), None)
+    return failure if failure is not None else default_collate(items)
+
+
+def ignore_stop_signals(worker_id: int, *, main_pid: int) -> None:
+    """``worker_init_fn``: SIGTERM, SIGINT and SIGHUP are left to the main process ``main_pid``.
+
+    Slurm, ``timeout`` and Ctrl-C signal every process of the group at once; a worker they
+    killed would crash the main process ("DataLoader worker ... killed by signal") before it
+    saved its checkpoint. SIGINT and SIGHUP are ignored. SIGTERM cannot simply be ignored: the
+    main process itself stops workers with it (``Process.terminate`` when a worker does not
+    quit at shutdown, and for every daemonic child at interpreter exit, which otherwise waits
+    forever), so it is blocked and a thread takes it: from ``main_pid`` the worker exits, as
+    torch's own handler does; from anyone else it is dropped. Without ``signal.sigwaitinfo``
+    (macOS, Windows) SIGTERM keeps torch's handling.
+    """
+    for name in ("SIGINT", "SIGHUP"):
+        if hasattr(signal, name):  # no SIGHUP on Windows
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    # Blocked here, in the worker's only thread so far: threads started later inherit the mask,
+    # so no thread can receive SIGTERM but the one waiting for it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_take_sigterm, args=(main_pid,), daemon=True).start()
+
+
+def _take_sigterm(main_pid: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == main_pid:
+            os._exit(0)
+
+
+class SampleLoader(DataLoader):
+    """A DataLoader whose iterators raise a batch's :class:`SampleFailure` as its SampleError."""
+
+    def __iter__(self) -> _RaisingIterator:
+        return _RaisingIterator(super().__iter__())
+
+
+class _RaisingIterator:
+    """Wraps a DataLoader iterator; other attributes (``_workers``...) pass through."""
+
+    def __init__(self, inner: Iterator[Any]) -> None:
+        self._inner = inner
+
+    def __iter__(self) -> _RaisingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self._inner)
+        if isinstance(batch, SampleFailure):
+            raise batch.error()
+        return batch
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # not set yet (copy, unpickling): no endless recursion
+            raise AttributeError(name)
+        return getattr(self._inner, name)
 
 
 def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
@@ -159,7 +261,12 @@ def make_loader(
     rank: int = 0,
     world: int = 1,
 ) -> DataLoader:
-    """A loader over ``(index, seed)`` draws; call ``loader.sampler.set_epoch`` per epoch."""
+    """A loader over ``(index, seed)`` draws; call ``loader.sampler.set_epoch`` per epoch.
+
+    A sample's :class:`SampleError` is raised by the loader's iterator in the main process, with
+    its kind, path and message, whatever ``workers``; workers leave SIGTERM, SIGINT and SIGHUP
+    to the main process (see :func:`ignore_stop_signals`).
+    """
     sampler = SeededSampler(
         len(dataset), seed=seed, shuffle=train, rank=rank, world=world, drop_last=train
     )
@@ -168,11 +275,13 @@ def make_loader(
             f"the training split has {len(dataset)} samples ({len(sampler)} per process), "
             f"fewer than one batch of {batch_size}: lower --batch-size or add data"
         )
-    return DataLoader(
+    return SampleLoader(
         SeededDataset(dataset),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
+        collate_fn=collate_samples,
+        worker_init_fn=functools.partial(ignore_stop_signals, main_pid=os.getpid()),
         drop_last=train,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,

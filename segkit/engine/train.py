@@ -25,6 +25,7 @@ from segkit.checkpoint import (
 )
 from segkit.config import Config
 from segkit.datasets import SampleError
+from segkit.datasets.preflight import preflight, problem_lines
 from segkit.engine import distributed as dist
 from segkit.engine import run_folder
 from segkit.engine.data import build_datasets, make_loader
@@ -77,6 +78,7 @@ class Trainer:
         cfg = self.config
         resume = self._resume_state() if cfg.train.resume else None
         self.train_set, self.val_set = build_datasets(cfg)
+        self._preflight()
         self.num_classes = self.train_set.num_classes
         self.model = build_model(cfg, self.num_classes)
         self._report_loads(resume)
@@ -164,16 +166,7 @@ class Trainer:
                 if batches is None or position == 0:
                     self.loader.sampler.set_epoch(epoch, start=position * cfg.batch_size)
                     batches = iter(self.loader)
-                try:
-                    images, masks = next(batches)
-                except SampleError as err:
-                    self._save(it)
-                    raise SampleError(
-                        err.problem.kind,
-                        err.problem.path,
-                        f"{err} (training stopped at iteration {it}; {self._saved_note()}: "
-                        "fix the file or add --skip-bad-samples, then --resume)",
-                    ) from None
+                images, masks = next(batches)
                 loss, parts = self.step(images, masks, it)
                 running, count = running + loss, count + 1
                 lr = self.optimizer.param_groups[-1]["lr"]
@@ -190,6 +183,16 @@ class Trainer:
                     if self.saved_iter != done:
                         self._save(done)
                     return {**record, "stopped_at": done, "signal": stop.signum}
+        except SampleError as err:  # a file that changed or broke after the pre-flight check
+            validating = self._validating
+            if self.saved_iter != done:
+                self._save(done, pending=validating)
+            raise SampleError(
+                err.problem.kind,
+                err.problem.path,
+                f"{err} (training stopped at iteration {done}{' in validation' * validating}; "
+                f"{self._saved_note()}: fix the file or add --skip-bad-samples, then --resume)",
+            ) from None
         except EvaluationInterruptedError:
             if self.saved_iter != done:  # else last.pt already waits for this validation
                 self._save(done, pending=True)
@@ -254,6 +257,7 @@ class Trainer:
     ) -> dict[str, Any]:
         """Validate, save the checkpoints, then log: the log never runs ahead of last.pt."""
         single = self.world == 1  # under torchrun every rank must finish the reduction
+        self._validating = True
         metrics, samples = evaluate(
             self.model,
             self.val_loader,
@@ -265,6 +269,7 @@ class Trainer:
             keep_samples=4,
             should_stop=(lambda: stop.signum is not None) if single else None,
         )
+        self._validating = False
         self._apply_train_mode()
         lr = self.optimizer.param_groups[-1]["lr"]
         record = {"iter": done, **metrics.compute(), "loss": loss, "lr": lr}
@@ -277,6 +282,7 @@ class Trainer:
         return record
 
     _last_miou = "-"
+    _validating = False
     _last_table = ""
 
     def _should_stop(self, stop: StopRequest, done: int) -> bool:
@@ -323,6 +329,32 @@ class Trainer:
                 self.work_dir / "metrics.jsonl", int(state["iteration"]), state.get("record")
             )
         return state
+
+    def _preflight(self) -> None:
+        """Check every label file of both splits before the first iteration (verdicts cached
+        per file): a bad file fails now, naming it, not hours in. With --skip-bad-samples the
+        bad samples are left out and listed in ``bad_samples.txt``."""
+        skip = self.config.data.skip_bad_samples
+        if not self.main:
+            dist.barrier()  # rank 0 checks first and fills the cache; the others read it
+        skipped = []
+        for dataset in (self.train_set, self.val_set):
+            started = time.perf_counter()
+            report = preflight(dataset, skip_bad=skip, workers=max(1, self.config.data.workers))
+            if self.main:
+                seconds = time.perf_counter() - started
+                print(f"{dataset.split}: {report.summary()} in {seconds:.1f} s", flush=True)
+            if report.skipped:
+                skipped += problem_lines(report.bad)
+        if not self.main:
+            return
+        dist.barrier()
+        listing = self.work_dir / "bad_samples.txt"
+        if skipped:
+            listing.write_text("".join(line + "\n" for line in skipped))
+            print(f"skipping {len(skipped)} bad sample(s), listed in {listing}", flush=True)
+        else:
+            listing.unlink(missing_ok=True)
 
     def _report_loads(self, resume: dict[str, Any] | None) -> None:
         reports = list(self.model.load_reports)

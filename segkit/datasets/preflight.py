@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segkit.checkpoint import default_file_mode
 from segkit.datasets import DATASETS, FolderDataset
 from segkit.datasets.base import SampleFiles, SegmentationDataset
 from segkit.datasets.io import Problem, SampleError, read_image_size
@@ -301,6 +302,7 @@ class _Cache:
             fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
             with os.fdopen(fd, "w", encoding="utf-8") as file:
                 file.write(text)
+                os.fchmod(file.fileno(), default_file_mode())  # mkstemp's 0600 ignores the umask
             os.replace(temp, self.path)  # no fsync: a file torn by a crash is ignored when read
         except OSError as err:
             if temp is not None:

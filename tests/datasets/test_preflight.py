@@ -225,6 +225,15 @@ def test_second_run_reads_no_file(folder_root, mask_reads, monkeypatch):
     assert (second.checked, second.from_cache, second.values) == (3, 3, first.values)
 
 
+def test_cache_file_follows_the_umask(folder_root):
+    previous = os.umask(0o027)
+    try:
+        report = preflight(build_dataset("folder", root=folder_root, num_classes=3), skip_bad=False)
+    finally:
+        os.umask(previous)
+    assert report.cache_file.stat().st_mode & 0o777 == 0o640
+
+
 def test_touched_file_is_checked_again(folder_root, mask_reads):
     preflight(build_dataset("folder", root=folder_root, num_classes=3), skip_bad=False)
     mask = folder_root / "masks/train/b.png"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,27 +37,13 @@ import torch
 import torchvision
 
 import segkit
-from segkit.bench import eager_runner, matmul_gflops, onnx_runner
+from segkit.bench import eager_runner, interleaved_medians, matmul_gflops, onnx_runner
 from segkit.config import Config
 from segkit.engine.train import Trainer
 from segkit.models.zoo_cli import forward_gflops
 from segkit.optimize import cpp_compiler, fast_bf16_cpu
 
 SIZE, CLASSES = 512, 21
-
-
-def rounds(runners: dict[str, Callable[[], object]], count: int, warmup: int) -> dict[str, float]:
-    """Median seconds per runner, timed round-robin (one call each per round)."""
-    for fn in runners.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(count):
-        for name, fn in runners.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def inference_row(
@@ -83,7 +68,7 @@ def inference_row(
         runners["segkit fast bf16"] = lambda: fast_bf16(x)
     runners["segkit ORT int8"] = onnx_runner(ours, x, threads, int8=True)
     ceiling = matmul_gflops(threads)
-    seconds = rounds(runners, args.rounds, args.warmup)
+    seconds = interleaved_medians(runners, args.rounds, args.warmup)
     ceiling = (ceiling + matmul_gflops(threads)) / 2  # before and after: the machine drifts
     work = {f"{peer_name} eager": forward_gflops(peer, x)}
     ours_gflops = forward_gflops(ours, x)
@@ -155,7 +140,7 @@ def training_row(args) -> None:
     runners = {"smp plain loop": peer_step, "segkit Trainer.step": trainer_step(False, x, y)}
     if fast_bf16_cpu():
         runners["segkit --amp (bf16)"] = trainer_step(True, x, y)
-    seconds = rounds(runners, args.rounds, args.warmup)
+    seconds = interleaved_medians(runners, args.rounds, args.warmup)
     print("\n## Training step, DeepLabV3+ MobileNetV2 OS16, 256x256, batch 8")
     print(f"| {'path':<19} | {'ms':>7} | {'img/s':>6} | {'x peer':>6} |")
     print(f"|{'-' * 21}|{'-' * 8}:|{'-' * 7}:|{'-' * 7}:|")

@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from segkit.bench import interleaved_medians
 from segkit.datasets import FolderDataset, build_dataset
 from segkit.datasets.doctor import scan_dataset
 from segkit.datasets.palettes import voc_palette
@@ -70,17 +69,6 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def rounds(runners: dict[str, Callable[[], object]], count: int) -> dict[str, float]:
-    """Median seconds per runner, timed round-robin (one call each per round)."""
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(count):
-        for name, fn in runners.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10000, help="samples (default 10000)")
@@ -116,7 +104,9 @@ def main() -> int:
         def full_read() -> None:
             assert not scan_dataset(dataset, workers=args.workers).problems
 
-        medians = rounds({"cold": cold, "warm": warm, "full read": full_read}, args.rounds)
+        medians = interleaved_medians(
+            {"cold": cold, "warm": warm, "full read": full_read}, args.rounds
+        )
     print(
         f"{args.count} masks {WIDTH}x{HEIGHT}, {args.workers} threads, {args.rounds} rounds "
         f"(medians), {os.cpu_count()} CPUs"

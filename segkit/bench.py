@@ -55,6 +55,23 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
     return times
 
 
+def interleaved_medians(
+    runners: dict[str, Callable[[], object]], count: int, warmup: int = 0
+) -> dict[str, float]:
+    """Median seconds per runner, timed round-robin (one call each per round), so a machine's
+    drift during the measurement hits every runner alike."""
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(count):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
     """float32 matrix-multiply rate of this machine (GFLOP/s), the practical ceiling."""
     a, b = torch.randn(size, size), torch.randn(size, size)

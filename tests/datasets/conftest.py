@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from segkit.datasets import doctor
 from segkit.datasets.palettes import colorize, voc_palette
 
 
@@ -113,3 +116,17 @@ def folder_root(tmp_path: Path) -> Path:
         out = colorize(mask, voc_palette(3)) if i == 1 else Image.fromarray(mask)
         out.save(tmp_path / "masks" / "train" / f"{name}.png")
     return tmp_path
+
+
+@pytest.fixture
+def run_doctor(capsys) -> Callable[..., tuple[int, str]]:
+    """``segkit doctor ARGV`` (2 reader threads): its exit status and everything it printed."""
+
+    def run(*argv: str) -> tuple[int, str]:
+        parser = argparse.ArgumentParser()
+        doctor.add_arguments(parser)
+        status = doctor.run(parser.parse_args(["--workers", "2", *argv]))
+        captured = capsys.readouterr()
+        return status, captured.out + captured.err
+
+    return run

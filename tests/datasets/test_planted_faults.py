@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from segkit.datasets import build_dataset, doctor
+from segkit.datasets import build_dataset
 from segkit.datasets.io import SampleError
-
-
-def run_doctor(capsys, *argv: str) -> tuple[int, str]:
-    parser = argparse.ArgumentParser()
-    doctor.add_arguments(parser)
-    status = doctor.run(parser.parse_args(["--workers", "2", *argv]))
-    captured = capsys.readouterr()
-    return status, captured.out + captured.err
 
 
 def plant(folder_root, fault: str) -> str:
@@ -74,10 +65,10 @@ def test_skip_bad_samples_skips_counts_and_warns(folder_root, fault):
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_doctor_reports_each_fault_on_a_line_naming_the_file(folder_root, capsys, fault):
+def test_doctor_reports_each_fault_on_a_line_naming_the_file(folder_root, run_doctor, fault):
     name = plant(folder_root, fault)
     status, out = run_doctor(
-        capsys, "--dataset", "folder", "--data-root", str(folder_root), "--num-classes", "3"
+        "--dataset", "folder", "--data-root", str(folder_root), "--num-classes", "3"
     )
     assert status == 1
     lines = [line for line in out.splitlines() if line.startswith(f"{fault}:")]
@@ -87,7 +78,7 @@ def test_doctor_reports_each_fault_on_a_line_naming_the_file(folder_root, capsys
         assert "out-of-range values: 7 (1 files)" in out
 
 
-def test_unpaired_files_raise_and_are_reported(folder_root, capsys):
+def test_unpaired_files_raise_and_are_reported(folder_root, run_doctor):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(
         folder_root / "images" / "train" / "lonely.jpg"
     )
@@ -100,7 +91,7 @@ def test_unpaired_files_raise_and_are_reported(folder_root, capsys):
         dataset = build_dataset("folder", root=folder_root, num_classes=3, skip_bad_samples=True)
     assert len(dataset) == 3 and (dataset.image_count, dataset.mask_count) == (4, 4)
     status, out = run_doctor(
-        capsys, "--dataset", "folder", "--data-root", str(folder_root), "--num-classes", "3"
+        "--dataset", "folder", "--data-root", str(folder_root), "--num-classes", "3"
     )
     assert status == 1
     assert re.search(r"^unpaired: image '.*lonely\.jpg' has no mask$", out, re.M)
@@ -108,7 +99,7 @@ def test_unpaired_files_raise_and_are_reported(folder_root, capsys):
     assert "4 images, 4 masks, 3 pairs" in out
 
 
-def test_voc_missing_listed_file_and_bad_palette_index(voc_root, capsys):
+def test_voc_missing_listed_file_and_bad_palette_index(voc_root, run_doctor):
     voc = voc_root / "VOCdevkit" / "VOC2012"
     (voc / "JPEGImages" / "2008_000001.jpg").unlink()
     mask = np.zeros((24, 32), np.uint8)
@@ -119,17 +110,17 @@ def test_voc_missing_listed_file_and_bad_palette_index(voc_root, capsys):
         match=r"'2008_000001' is listed in .*train\.txt' but .*2008_000001\.jpg' is missing",
     ):
         build_dataset("voc", root=voc_root)
-    status, out = run_doctor(capsys, "--dataset", "voc", "--data-root", str(voc_root))
+    status, out = run_doctor("--dataset", "voc", "--data-root", str(voc_root))
     assert status == 1
     assert re.search(r"^unpaired: '2008_000001' is listed", out, re.M)
     assert re.search(r"^out-of-range: mask '.*2007_000032\.png' has values \[21\]", out, re.M)
 
 
-def test_voc_split_overlap_is_reported(voc_root, capsys):
+def test_voc_split_overlap_is_reported(voc_root, run_doctor):
     seg = voc_root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
     (seg / "train_aug.txt").write_text("2007_000032\n2009_000010\n")  # 2009_000010 is a val id
     status, out = run_doctor(
-        capsys, "--dataset", "voc", "--data-root", str(voc_root), "--split", "train_aug"
+        "--dataset", "voc", "--data-root", str(voc_root), "--split", "train_aug"
     )
     assert status == 1 and re.search(
         r"^split-overlap: .*train_aug\.txt' lists 1 image\(s\) of the val split \(2009_000010\)",
@@ -138,7 +129,7 @@ def test_voc_split_overlap_is_reported(voc_root, capsys):
     )
 
 
-def test_cityscapes_bad_label_id(cityscapes_root, capsys):
+def test_cityscapes_bad_label_id(cityscapes_root, run_doctor):
     path = (
         cityscapes_root / "gtFine" / "train" / "bremen" / "bremen_000000_000019_gtFine_labelIds.png"
     )
@@ -148,7 +139,7 @@ def test_cityscapes_bad_label_id(cityscapes_root, capsys):
         SampleError, match=r"bremen_000000_000019_gtFine_labelIds\.png' has label ids \[40\]"
     ):
         dataset.load_raw(2)
-    status, out = run_doctor(capsys, "--dataset", "cityscapes", "--data-root", str(cityscapes_root))
+    status, out = run_doctor("--dataset", "cityscapes", "--data-root", str(cityscapes_root))
     assert status == 1 and "out-of-range: mask" in out and "bremen_000000_000019" in out
 
 
@@ -161,9 +152,9 @@ def test_massroads_bad_label_value(massroads_root):
         build_dataset("massroads", root=massroads_root).load_raw(1)
 
 
-def test_doctor_clean_dataset_prints_frequencies(folder_root, capsys):
+def test_doctor_clean_dataset_prints_frequencies(folder_root, run_doctor):
     status, out = run_doctor(
-        capsys, "--dataset", "folder", "--data-root", str(folder_root), "--num-classes", "3"
+        "--dataset", "folder", "--data-root", str(folder_root), "--num-classes", "3"
     )
     assert status == 0 and "ok: no problems found" in out
     # each mask: 4 bands of 20 x 7 or 8 px over 30 columns: 0, 1, 2 and 255
@@ -171,18 +162,17 @@ def test_doctor_clean_dataset_prints_frequencies(folder_root, capsys):
     assert re.search(r"^\s+255\s+\(ignore\)\s+480\s+26\.67%", out, re.M)
 
 
-def test_doctor_flags_binary_255_masks_and_absent_classes(tmp_path, capsys):
+def test_doctor_flags_binary_255_masks_and_absent_classes(tmp_path, run_doctor):
     for sub in ("images/train", "masks/train"):
         (tmp_path / sub).mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images/train/x.png")
     Image.fromarray(np.array([[0, 255] * 4] * 8, np.uint8)).save(tmp_path / "masks/train/x.png")
     status, out = run_doctor(
-        capsys, "--dataset", "folder", "--data-root", str(tmp_path), "--num-classes", "2"
+        "--dataset", "folder", "--data-root", str(tmp_path), "--num-classes", "2"
     )
     assert status == 1 and re.search(r"^binary-255: mask '.*x\.png' holds 0 and 255", out, re.M)
     assert "classes absent from this split: class_1" in out
     status, out = run_doctor(
-        capsys,
         "--dataset",
         "folder",
         "--data-root",
@@ -194,11 +184,11 @@ def test_doctor_flags_binary_255_masks_and_absent_classes(tmp_path, capsys):
     assert status == 0, out
 
 
-def test_doctor_rejects_bad_setup(tmp_path, capsys):
-    status, out = run_doctor(capsys, "--dataset", "voc", "--data-root", str(tmp_path))
+def test_doctor_rejects_bad_setup(tmp_path, run_doctor):
+    status, out = run_doctor("--dataset", "voc", "--data-root", str(tmp_path))
     assert status == 1 and "Pascal VOC 2012 not found" in out
     status, out = run_doctor(
-        capsys, "--dataset", "cityscapes", "--data-root", str(tmp_path), "--year", "2007"
+        "--dataset", "cityscapes", "--data-root", str(tmp_path), "--year", "2007"
     )
     assert status == 1 and "--year do(es) not apply to dataset 'cityscapes'" in out
 
@@ -210,7 +200,7 @@ def test_doctor_through_the_cli(capsys):
     assert status == 0 and "ok: no problems found" in out and "circle" in out
 
 
-def test_empty_split_fails_at_construction(tmp_path, capsys):
+def test_empty_split_fails_at_construction(tmp_path, run_doctor):
     for sub in ("images/train", "masks/train"):
         (tmp_path / sub).mkdir(parents=True)
     (tmp_path / "images/train/notes.txt").write_text("not an image")
@@ -219,7 +209,7 @@ def test_empty_split_fails_at_construction(tmp_path, capsys):
     ):
         build_dataset("folder", root=tmp_path, num_classes=2)
     status, out = run_doctor(
-        capsys, "--dataset", "folder", "--data-root", str(tmp_path), "--num-classes", "2"
+        "--dataset", "folder", "--data-root", str(tmp_path), "--num-classes", "2"
     )
     assert status == 1 and "no image/mask pairs" in out
 
@@ -237,7 +227,7 @@ LAYOUT_FILES = {  # dataset -> (fixture, file to damage, its sample index)
 
 @pytest.mark.filterwarnings("ignore:Truncated File Read")
 @pytest.mark.parametrize("name", sorted(LAYOUT_FILES))
-def test_truncated_image_in_each_layout(request, capsys, name):
+def test_truncated_image_in_each_layout(request, run_doctor, name):
     fixture, relative, index = LAYOUT_FILES[name]
     root = request.getfixturevalue(fixture)
     path = root / relative
@@ -246,14 +236,14 @@ def test_truncated_image_in_each_layout(request, capsys, name):
     with pytest.raises(SampleError, match=re.escape(path.name)) as info:
         dataset[index]
     assert info.value.problem.kind == "undecodable"
-    status, out = run_doctor(capsys, "--dataset", name, "--data-root", str(root))
+    status, out = run_doctor("--dataset", name, "--data-root", str(root))
     assert status == 1
     assert re.search(rf"^undecodable: cannot decode image '.*{re.escape(path.name)}'", out, re.M), (
         out
     )
 
 
-def test_doctor_max_samples(capsys):
-    status, out = run_doctor(capsys, "--dataset", "shapes", "--length", "5", "--max-samples", "2")
+def test_doctor_max_samples(run_doctor):
+    status, out = run_doctor("--dataset", "shapes", "--length", "5", "--max-samples", "2")
     assert status == 0 and "checked the first 2 of 5 samples" in out
     assert "over 2 valid samples" in out

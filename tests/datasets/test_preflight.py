@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -12,18 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segkit.datasets import build_dataset, doctor, io
+from segkit.datasets import build_dataset, io
 from segkit.datasets.folder import BINARY_HINT
 from segkit.datasets.io import SampleError
 from segkit.datasets.preflight import PreflightError, default_cache_dir, preflight
-
-
-def run_doctor(capsys, *argv: str) -> tuple[int, str]:
-    parser = argparse.ArgumentParser()
-    doctor.add_arguments(parser)
-    status = doctor.run(parser.parse_args(["--workers", "2", *argv]))
-    captured = capsys.readouterr()
-    return status, captured.out + captured.err
 
 
 @pytest.fixture
@@ -348,13 +339,13 @@ def test_binary_0_255_masks_are_refused_with_the_flag(binary_root, skip_bad):
     assert report.values == {0, 1} and report.from_cache == 0  # binary_255 is in the cache key
 
 
-def test_binary_hint_is_one_flag_for_train_and_doctor(binary_root, capsys):
+def test_binary_hint_is_one_flag_for_train_and_doctor(binary_root, run_doctor):
     assert "--binary-255" in BINARY_HINT and "--set" not in BINARY_HINT
     with pytest.raises(PreflightError) as info:
         preflight(build_dataset("folder", root=binary_root, num_classes=2), skip_bad=False)
     hint = next(line for line in str(info.value).splitlines() if line.startswith("hint: "))
     status, out = run_doctor(
-        capsys, "--dataset", "folder", "--data-root", str(binary_root), "--num-classes", "2"
+        "--dataset", "folder", "--data-root", str(binary_root), "--num-classes", "2"
     )
     assert status == 1 and hint in out.splitlines()
     assert re.search(r"^binary-255: every mask of split 'train' holds only 0 and 255", out, re.M)

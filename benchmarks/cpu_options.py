@@ -25,9 +25,9 @@ import torch
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 import segkit
-from segkit.bench import eager_runner, ort_runner
-from segkit.export import export
-from segkit.optimize import fast_bf16_cpu, fold_batchnorm
+from segkit.deploy.bench import eager_runner, ort_runner
+from segkit.deploy.onnx import export
+from segkit.deploy.optimize import fast_bf16_cpu, fold_batchnorm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from peers import rounds

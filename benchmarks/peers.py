@@ -37,11 +37,16 @@ import torch
 import torchvision
 
 import segkit
-from segkit.bench import eager_runner, interleaved_medians, matmul_gflops, onnx_runner
 from segkit.config import Config
+from segkit.deploy.bench import (
+    eager_runner,
+    forward_gflops,
+    interleaved_medians,
+    matmul_gflops,
+    onnx_runner,
+)
+from segkit.deploy.optimize import cpp_compiler, fast_bf16_cpu
 from segkit.engine.train import Trainer
-from segkit.models.zoo_cli import forward_gflops
-from segkit.optimize import cpp_compiler, fast_bf16_cpu
 
 SIZE, CLASSES = 512, 21
 

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segkit.bench import interleaved_medians
 from segkit.datasets import FolderDataset, build_dataset
 from segkit.datasets.doctor import scan_dataset
 from segkit.datasets.palettes import voc_palette
 from segkit.datasets.preflight import preflight
+from segkit.deploy.bench import interleaved_medians
 
 WIDTH, HEIGHT, VARIANTS = 500, 375, 32
 

@@ -1,9 +1,9 @@
 """segkit: semantic segmentation models, data, training and deployment for PyTorch."""
 
 from segkit.checkpoint import LoadReport, load_model, load_weights
-from segkit.export import export
+from segkit.deploy.onnx import export
+from segkit.deploy.optimize import optimize_for_inference
 from segkit.models import create_model, list_backbones, list_models
-from segkit.optimize import optimize_for_inference
 
 __version__ = "0.1.0"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from segkit.cli import main
-from segkit.optimize import fast_bf16_cpu
+from segkit.deploy.optimize import fast_bf16_cpu
 
 
 def _consistent(images_per_second: float, median_ms: float) -> bool:

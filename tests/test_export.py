@@ -14,9 +14,9 @@ from PIL import Image
 
 import segkit
 from segkit.cli import main
-from segkit.export import ExportError, export
+from segkit.deploy.onnx import ExportError, export
 
-export_module = importlib.import_module("segkit.export")  # the function shadows the module
+export_module = importlib.import_module("segkit.deploy.onnx")  # the function shadows the module
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Every model and option of the zoo exports to ONNX (dynamic batch and size) and TorchScript.
 
-``segkit.export`` already runs the written file on one input of another size than the export
+``segkit.deploy.onnx`` already runs the written file on one input of another size than the export
 example and fails when it differs from PyTorch. Both of its sizes are odd (257 x 321 and
 193 x 259), so each file is also run here at a multiple of 32 and at an even size that is not
 a multiple of 4, where padding, cropping and resizing take other branches, and the graph must
@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import segkit
-from segkit.export import export
+from segkit.deploy.onnx import export
 from segkit.models import JPU_MODELS, head_options
 from segkit.models.attention import ATTENTIONS
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import segkit
+from segkit.deploy.optimize import cpp_compiler, optimize_for_inference
 from segkit.models.backbones import HRNETS
-from segkit.optimize import cpp_compiler, optimize_for_inference
 
 CASES = [
     (model, backbone)

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from segkit.datasets import doctor
+from segkit.cli import doctor
 from segkit.datasets.palettes import colorize, voc_palette
 
 

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
+from segkit.cli import train as train_cli
 from segkit.config import Config
-from segkit.engine import train_cli
 
 
 def _resolve(*argv: str) -> Config:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from segkit.cli import train as train_cli
 from segkit.config import Config
-from segkit.engine import train_cli
 from segkit.engine.runtime import build_model
 from segkit.engine.train import resolve_device
 

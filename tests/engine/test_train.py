@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 from segkit.checkpoint import load_checkpoint, load_model
+from segkit.cli import eval as eval_cli
 from segkit.cli import main
 from segkit.config import Config
-from segkit.engine import eval_cli
+from segkit.deploy.optimize import InferenceModel
 from segkit.engine.train import Trainer
 from segkit.models import create_model
-from segkit.optimize import InferenceModel
 
 TINY = [
     "--model", "deeplabv3plus", "--backbone", "mobilenet_v2",

@@ -31,7 +31,7 @@ def segkit_process(*argv: str, **kwargs) -> subprocess.Popen:
     """``python -m segkit.cli ARGV`` in its own session (process group), output captured."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "segkit.cli", *argv],
+        [sys.executable, "-m", "segkit", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

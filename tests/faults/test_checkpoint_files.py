@@ -29,9 +29,9 @@ from segkit.checkpoint import (
     weights_fingerprint,
 )
 from segkit.cli import main
+from segkit.cli.common import check_onnx_origin
 from segkit.config import Config
-from segkit.engine.eval_cli import check_onnx_origin
-from segkit.export import FINGERPRINT_KEY, META_KEY, export, export_metadata
+from segkit.deploy.onnx import FINGERPRINT_KEY, META_KEY, export, export_metadata
 from segkit.models import create_model
 
 META = {

@@ -10,8 +10,8 @@ import torch
 from faultkit import read_jsonl, train
 
 from segkit.checkpoint import load_checkpoint
+from segkit.cli import train as train_cli
 from segkit.config import Config
-from segkit.engine import train_cli
 from segkit.engine.optim import lr_factor
 from segkit.engine.train import Trainer
 

@@ -12,11 +12,11 @@ from PIL import Image
 
 from segkit.checkpoint import load_model, save_checkpoint
 from segkit.cli import main
+from segkit.cli import predict as predict_cli
 from segkit.datasets import read_image
-from segkit.engine import predict_cli
+from segkit.deploy.optimize import optimize_for_inference
 from segkit.engine.inference import predict_mask
 from segkit.models import create_model
-from segkit.optimize import optimize_for_inference
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

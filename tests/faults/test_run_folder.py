@@ -98,7 +98,7 @@ def test_the_lock_of_a_killed_process_is_free(tmp_path, capsys, one_error_line) 
 
 def test_two_runs_started_at_once_one_wins_and_the_folder_is_whole(tmp_path) -> None:
     work = tmp_path / "run"
-    argv = [sys.executable, "-m", "segkit.cli", "train", "--model", "deeplabv3plus",
+    argv = [sys.executable, "-m", "segkit", "train", "--model", "deeplabv3plus",
             "--backbone", "mobilenet_v2", "--set", "data.length=8", "--set",
             "data.val_length=4", "--set", "data.image_size=32", "--crop-size", "32",
             "--batch-size", "4", "--workers", "0", "--iters", "2", "--val-interval", "2",
@@ -187,7 +187,7 @@ def test_a_full_disk_during_training_stops_in_one_line_and_keeps_last(tmp_path) 
         resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
 
     process = subprocess.run(
-        [sys.executable, "-m", "segkit.cli", "train", "--resume", "--work-dir", str(work)],
+        [sys.executable, "-m", "segkit", "train", "--resume", "--work-dir", str(work)],
         capture_output=True, text=True, preexec_fn=small_files, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip

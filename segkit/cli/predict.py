@@ -36,10 +36,10 @@ import torch
 from PIL import Image
 
 from segkit.checkpoint import load_model
+from segkit.cli.common import add_inference_arguments, runtime_model
 from segkit.config import EvalConfig
 from segkit.datasets import colorize, read_image
 from segkit.datasets.io import IMAGE_SUFFIXES
-from segkit.engine.eval_cli import add_inference_arguments, runtime_model
 from segkit.engine.evaluate import inference_options
 from segkit.engine.inference import predict_mask
 from segkit.engine.runtime import resolve_device

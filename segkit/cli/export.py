@@ -23,9 +23,9 @@ import torch
 
 from segkit.checkpoint import load_checkpoint, load_model
 from segkit.config import Config
+from segkit.deploy.onnx import FORMATS, ExportError, check_output_path, export
+from segkit.deploy.quantize import CALIBRATION_METHODS
 from segkit.engine.data import build_val_dataset
-from segkit.export import FORMATS, ExportError, check_output_path, export
-from segkit.quantize import CALIBRATION_METHODS
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -13,7 +13,6 @@ only; ``segkit export --int8`` calibrates on real ones and reports the agreement
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -21,26 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-from segkit.models import create_model, list_models
-from segkit.models.zoo_cli import forward_gflops
-from segkit.optimize import fast_bf16_cpu, optimize_for_inference
+from torch.utils.flop_counter import FlopCounterMode
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register ``segkit bench``'s flags."""
-    parser.add_argument("--model", default="deeplabv3plus", choices=list_models())
-    parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--output-stride", type=int, default=None)
-    parser.add_argument("--num-classes", type=int, default=21)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="default: torch's")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--train", action="store_true", help="also time a training step")
-    parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
-    parser.add_argument("--compile", action="store_true", help="add the torch.compile'd fast path")
+def forward_gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """GFLOPs of ``model(x)`` (``torch.utils.flop_counter``: a multiply-add is 2 FLOPs); runs
+    on the meta device too."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
@@ -83,7 +71,7 @@ def onnx_runner(
     model: torch.nn.Module, x: torch.Tensor, threads: int, *, int8: bool = False
 ) -> Callable[[], object]:
     """A closure that runs ``model`` exported to ONNX (fixed size, optionally int8) on ``x``."""
-    from segkit.export import export
+    from segkit.deploy.onnx import export
 
     path = Path(tempfile.mkdtemp(prefix="segkit-bench-")) / "model.onnx"
     generator = torch.Generator().manual_seed(0)
@@ -126,69 +114,3 @@ def eager_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object
             return model(x)
 
     return run
-
-
-def run(args: argparse.Namespace) -> int:
-    """Print one row per runtime."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
-    model = create_model(
-        args.model,
-        backbone=args.backbone,
-        num_classes=args.num_classes,
-        output_stride=args.output_stride,
-    ).eval()
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    gflops = forward_gflops(model, x)
-    ceiling = matmul_gflops(threads)
-    fast = optimize_for_inference(model)
-
-    runners: dict[str, Callable[[], object]] = {
-        "eval model": eager_runner(model, x),
-        "fast path": lambda: fast(x),
-    }
-    if args.compile:
-        compiled = optimize_for_inference(model, compile=True)
-        runners["fast compiled"] = lambda: compiled(x)
-    if not args.no_onnx:
-        runners["onnxruntime"] = onnx_runner(model, x, threads)
-    if fast_bf16_cpu():
-        fast_bf16 = optimize_for_inference(model, precision="bf16")
-        runners["fast bf16"] = lambda: fast_bf16(x)
-    if not args.no_onnx:
-        runners["ort int8"] = onnx_runner(model, x, threads, int8=True)
-    print(
-        f"{args.model} {args.backbone} OS{model.config['output_stride']} "
-        f"{args.size}x{args.size} batch {args.batch}, {threads} threads; "
-        f"{gflops:.1f} GFLOPs per forward; fp32 matmul ceiling {ceiling:.0f} GFLOP/s"
-    )
-    print(f"{'runtime':<13}{'median ms':>10}{'p90 ms':>9}{'img/s':>8}{'GFLOP/s':>9}{'of peak':>9}")
-    for name, fn in runners.items():
-        times = sorted(timed(fn, args.repeats, args.warmup))
-        median = statistics.median(times)
-        p90 = times[min(len(times) - 1, int(0.9 * len(times)))]
-        rate = gflops / median
-        print(
-            f"{name:<13}{median * 1e3:>10.1f}{p90 * 1e3:>9.1f}{args.batch / median:>8.2f}"
-            f"{rate:>9.1f}{rate / ceiling:>9.0%}"
-        )
-    if args.train:
-        print(f"train step   {args.batch / _train_step_seconds(model, x, args):>8.2f} img/s")
-    return 0
-
-
-def _train_step_seconds(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> float:
-    """A step as ``segkit train`` takes it by default: channels_last weights and inputs."""
-    model.train().to(memory_format=torch.channels_last)
-    x = x.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    target = torch.randint(0, args.num_classes, (x.shape[0], *x.shape[-2:]))
-
-    def step() -> None:
-        loss = torch.nn.functional.cross_entropy(model(x)["out"], target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return statistics.median(timed(step, args.repeats, args.warmup))

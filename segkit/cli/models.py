@@ -11,8 +11,8 @@ import argparse
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from segkit.deploy.bench import forward_gflops
 from segkit.models import JPU_MODELS, create_model, list_backbones, list_models
 from segkit.models.backbones import HRNETS, RESNETS
 
@@ -35,14 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run each model once on the CPU (random weights, 2x3x97x131) and check the output",
     )
-
-
-def forward_gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """GFLOPs of ``model(x)`` (``torch.utils.flop_counter``: a multiply-add is 2 FLOPs); runs
-    on the meta device too."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() / 1e9
 
 
 def model_cost(row: Row, num_classes: int, size: int) -> tuple[int, float]:

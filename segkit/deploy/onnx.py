@@ -15,7 +15,7 @@ the output kind; ``segkit eval/predict --runtime onnxruntime`` check the fingerp
 the checkpoint.
 
 ``int8=True`` (ONNX only) then quantises the checked float file with ONNX Runtime
-(:mod:`segkit.quantize`), calibrated on ``calibration`` images; a quarter of them (at least
+(:mod:`segkit.deploy.quantize`), calibrated on ``calibration`` images; a quarter of them (at least
 one, when there are two or more) is held out to measure how often the int8 class maps agree
 with PyTorch's, and the export fails below ``min_agreement``.
 """
@@ -38,8 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from segkit.checkpoint import default_file_mode, weights_fingerprint
+from segkit.deploy.optimize import fold_batchnorm
 from segkit.models.layers import resize
-from segkit.optimize import fold_batchnorm
 
 FORMATS = ("onnx", "torchscript")
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
@@ -176,7 +176,7 @@ def _quantize(
     method: str,
 ) -> None:
     """Replace the float ONNX file at ``path`` by its int8 version; fill in the agreement."""
-    from segkit.quantize import agreement, quantize_int8
+    from segkit.deploy.quantize import agreement, quantize_int8
 
     images = [x if static is None else resize(x, static) for x in calibration]
     held_out = max(1, len(images) // 4) if len(images) >= 2 else 0

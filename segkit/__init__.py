@@ -1,9 +1,10 @@
 """segkit: semantic segmentation models, data, training and deployment for PyTorch."""
 
-from segkit.checkpoint import LoadReport, load_model, load_weights
+from segkit.checkpoint import load_model
 from segkit.deploy.onnx import export
 from segkit.deploy.optimize import optimize_for_inference
 from segkit.models import create_model, list_backbones, list_models
+from segkit.weights import LoadReport, load_weights
 
 __version__ = "0.1.0"
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from segkit.checkpoint import weights_fingerprint
 from segkit.deploy.optimize import PRECISIONS, optimize_for_inference
+from segkit.weights import weights_fingerprint
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from segkit.checkpoint import default_file_mode
 from segkit.datasets import DATASETS, FolderDataset
 from segkit.datasets.base import SampleFiles, SegmentationDataset
 from segkit.datasets.io import Problem, SampleError, read_image_size
+from segkit.files import default_file_mode
 
 CACHE_VERSION = 1  # bump when a rule changes the verdict of unchanged files
 MAX_LISTED = 20  # problem lines in an error message; doctor lists them all

@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from segkit.checkpoint import default_file_mode, weights_fingerprint
 from segkit.deploy.optimize import fold_batchnorm
+from segkit.files import default_file_mode
 from segkit.models.layers import resize
+from segkit.weights import weights_fingerprint
 
 FORMATS = ("onnx", "torchscript")
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")

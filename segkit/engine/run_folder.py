@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from segkit.checkpoint import default_file_mode, remove_stale_temporaries
+from segkit.checkpoint import remove_stale_temporaries
 from segkit.config import flatten
+from segkit.files import default_file_mode
 
 LOCK_NAME = ".segkit.lock"
 # What `segkit train` writes into a run folder; their presence means "a run lives here".

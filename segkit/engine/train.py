@@ -17,12 +17,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from segkit.checkpoint import (
-    CheckpointWriteError,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-)
+from segkit.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from segkit.config import Config
 from segkit.datasets import SampleError
 from segkit.datasets.preflight import preflight, problem_lines
@@ -46,6 +41,7 @@ from segkit.engine.runtime import (
     stop_signals_blocked,
 )
 from segkit.losses import build_criterion
+from segkit.weights import load_weights
 
 
 class Trainer:

@@ -14,7 +14,6 @@ from typing import Any
 
 from torch import nn
 
-from segkit.checkpoint import load_weights
 from segkit.models.attention import check_attention
 from segkit.models.backbones import HRNETS, build_backbone, list_backbones
 from segkit.models.heads.deeplab import DeepLabV3Head, DeepLabV3PlusHead, default_aspp_rates
@@ -23,6 +22,7 @@ from segkit.models.heads.fcn import FCN8sHead, FCNHead
 from segkit.models.necks import JPU, FeatureSpec
 from segkit.models.pretrained import download_backbone_weights
 from segkit.models.segmenter import Segmenter
+from segkit.weights import load_weights
 
 logger = logging.getLogger(__name__)
 

@@ -23,16 +23,15 @@ from segkit.checkpoint import (
     CheckpointWriteError,
     load_checkpoint,
     load_model,
-    read_state_dict,
     remove_stale_temporaries,
     save_checkpoint,
-    weights_fingerprint,
 )
 from segkit.cli import main
 from segkit.cli.common import check_onnx_origin
 from segkit.config import Config
 from segkit.deploy.onnx import FINGERPRINT_KEY, META_KEY, export, export_metadata
 from segkit.models import create_model
+from segkit.weights import read_state_dict, weights_fingerprint
 
 META = {
     "class_names": ["background", "circle", "square", "triangle", "star", "cross"],

@@ -19,10 +19,29 @@ COMMANDS = ("train", "eval", "predict", "export", "bench", "models", "doctor")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions keep their line breaks (lists of choices); wider option column."""
+    """Descriptions keep their line breaks; each option's help ends with its default.
+
+    The default is appended as ``(default: X)`` unless the help text already names one or
+    there is none to name (``None``, ``False``, an empty list): such help says what happens
+    when the option is not given.
+    """
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=34)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default is None
+            or default is False
+            or default == []
+            or default is argparse.SUPPRESS
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,12 +1,16 @@
 """The typed run configuration: defaults <- YAML recipe <- CLI flags <- ``--set key=value``.
 
+Every option is declared once. The ``train`` and ``eval`` fields and the shared model and data
+fields are declared here with :func:`option` (default, help text, flag, choices, limits); the
+options of each head and each dataset are declared by the builder or class that takes them
+(:mod:`segkit.options`) and added to the ``model`` and ``data`` sections from there. The
+command line (:mod:`segkit.cli.train`) is generated from these declarations.
+
 The dataclass defaults are the standard DeepLabV3+ recipe of the popular repositories (SGD,
-lr 0.01, poly, crop 513, batch 16, 30k iterations). :data:`SHAPES_RECIPE` is the built-in
-recipe ``segkit train`` runs with no ``--config`` on the synthetic ``shapes`` set, sized to
-learn in minutes on a laptop CPU. Every field can be set in a YAML recipe (sections ``model``,
-``data``, ``train``, ``eval``), by a flag, or by ``--set section.field=value``; an unknown key
-or a value of the wrong type is an error that lists what is valid. ``None`` means "the
-component's own default".
+lr 0.01, poly, crop 513, batch 16, 30k iterations). ``configs/shapes.yaml`` is the built-in
+recipe ``segkit train`` runs with no ``--config`` on the synthetic ``shapes`` set. An unknown
+key, a value of the wrong type or out of its limits is an error that names it and lists what is
+valid. ``None`` means "the component's own default".
 """
 
 from __future__ import annotations
@@ -16,119 +20,250 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from segkit.options import component_options, merge_options
 
-def limited(
-    default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **limits: Any
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    factory: Any = dataclasses.MISSING,
+    flag: str | None = None,
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+    **limits: Any,
 ) -> Any:
-    """A dataclass field with the limits :meth:`Config.update` checks: ``min``/``max``
-    (inclusive), ``above`` (exclusive lower bound), ``length`` (of a list), ``items_above``."""
-    return field(default=default, default_factory=factory, metadata={"limits": limits})
+    """A configuration field declared once: its default, help text, command-line ``flag``
+    (default ``--field-name``), valid ``choices`` (a sequence, or a function returning one) and
+    the limits :meth:`Config.update` checks: ``min``/``max`` (inclusive), ``above`` (exclusive
+    lower bound), ``length`` (of a list), ``items_above``."""
+    component = limits.pop("component", False)  # added from a head or dataset (segkit.options)
+    metadata = {"help": help, "flag": flag, "choices": choices, "limits": limits}
+    metadata["component"] = component
+    return field(default=default, default_factory=factory, metadata=metadata)
+
+
+def _model_names() -> list[str]:
+    from segkit.models import list_models
+
+    return list_models()
+
+
+def _dataset_names() -> list[str]:
+    from segkit.datasets import list_datasets
+
+    return list_datasets()
+
+
+def _loss_names() -> tuple[str, ...]:
+    from segkit.losses import LOSSES
+
+    return LOSSES
+
+
+def _inference_modes() -> tuple[str, ...]:
+    from segkit.engine.inference import MODES
+
+    return MODES
+
+
+OPTIMIZERS = ("sgd", "adamw")
+LR_POLICIES = ("poly", "step", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
-class ModelConfig:
-    """Arguments of :func:`segkit.create_model` (``None``: the model's default)."""
+class _ModelSection:
+    """The model every architecture shares; the head options are added from the builders."""
 
-    name: str = "deeplabv3plus"
-    backbone: str = "mobilenet_v2"
-    output_stride: int | None = None
-    aux: bool = False
-    pretrained_backbone: str | None = None
-    multi_grid: list[int] | None = None
-    separable: bool | None = None
-    aspp_rates: list[int] | None = None
-    aspp_channels: int | None = limited(None, min=1)
-    decoder_channels: int | None = limited(None, min=1)
-    attention: str | None = None
-    jpu: bool | None = None
-    lateral: bool | None = None
-    se_loss: bool | None = None
+    name: str = option("deeplabv3plus", help="architecture", flag="--model", choices=_model_names)
+    backbone: str = option(
+        "mobilenet_v2", help="feature extractor: a name of `segkit models`, or timm:<name>"
+    )
+    output_stride: int | None = option(
+        None, help="stride of the deepest map: 8, 16 or 32 (none: 16; FCN-8s and JPU 32)"
+    )
+    aux: bool = option(False, help="auxiliary FCN head on the stage before the last (training)")
+    jpu: bool | None = option(
+        None, help="FastFCN joint pyramid upsampling neck (fcn, deeplabv3, encnet; none: off)"
+    )
+    pretrained_backbone: str | None = option(
+        None, help="ImageNet weights file for the backbone (none: random initialisation)"
+    )
+    multi_grid: list[int] | None = option(
+        None, help="ResNet layer4 dilation factors, e.g. 1,2,4 (none: 1,1,1)"
+    )
 
 
 @dataclass
-class DataConfig:
-    """Dataset, its options, and the joint transforms."""
+class _DataSection:
+    """Where the data is and how it is augmented; each dataset's own options are added from
+    its class."""
 
-    dataset: str = "shapes"
-    root: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
-    year: int | None = None
-    num_classes: int | None = limited(None, min=1)
-    class_names: list[str] | None = None
-    palette_file: str | None = None
-    binary_255: bool | None = None
-    nodata_ignore: bool | None = None
-    seed: int | None = None
-    length: int | None = limited(None, min=1)
-    val_length: int | None = limited(None, min=1)
-    image_size: int | None = limited(None, min=1)
-    skip_bad_samples: bool = False
-    crop_size: int = limited(513, min=1)
-    scale_range: list[float] | None = limited(factory=lambda: [0.5, 2.0], length=2, items_above=0)
-    hflip: float = limited(0.5, min=0, max=1)
-    color_jitter: list[float] | None = limited(factory=lambda: [0.25, 0.25, 0.25, 0.0], length=4)
-    crop_val: bool = False
-    mean: list[float] = limited(factory=lambda: [0.485, 0.456, 0.406], length=3)
-    std: list[float] = limited(factory=lambda: [0.229, 0.224, 0.225], length=3, items_above=0)
-    workers: int = limited(2, min=0)
+    dataset: str = option("shapes", help="dataset layout", choices=_dataset_names)
+    root: str | None = option(
+        None, help="dataset folder (none: only for shapes)", flag="--data-root"
+    )
+    train_split: str = option("train", help="split to train on")
+    val_split: str = option("val", help="split to validate on")
+    val_length: int | None = option(
+        None, help="samples of the validation split (shapes; none: the dataset's)", min=1
+    )
+    skip_bad_samples: bool = option(
+        False, help="leave unreadable or invalid samples out (listed in bad_samples.txt)"
+    )
+    crop_size: int = option(513, help="side of the square training crop", min=1)
+    scale_range: list[float] | None = option(
+        help="random rescale range before cropping, e.g. 0.5,2.0 (none: no rescaling)",
+        factory=lambda: [0.5, 2.0],
+        length=2,
+        items_above=0,
+    )
+    hflip: float = option(0.5, help="probability of a horizontal flip", min=0, max=1)
+    color_jitter: list[float] | None = option(
+        help="brightness, contrast, saturation, hue jitter (none: off)",
+        factory=lambda: [0.25, 0.25, 0.25, 0.0],
+        length=4,
+    )
+    crop_val: bool = option(False, help="resize and centre-crop validation images to crop_size")
+    mean: list[float] = option(
+        help="per-channel mean for normalisation (RGB, 0-1)",
+        factory=lambda: [0.485, 0.456, 0.406],
+        length=3,
+    )
+    std: list[float] = option(
+        help="per-channel standard deviation for normalisation (RGB, 0-1)",
+        factory=lambda: [0.229, 0.224, 0.225],
+        length=3,
+        items_above=0,
+    )
+    workers: int = option(
+        2, help="DataLoader worker processes (0: load in the main process)", min=0
+    )
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, schedule, loss and the run's bookkeeping."""
 
-    iters: int = limited(30000, min=1)
-    epochs: int | None = limited(None, min=1)
-    batch_size: int = limited(16, min=1)
-    optimizer: str = "sgd"
-    lr: float = limited(0.01, above=0)
-    momentum: float = limited(0.9, min=0, max=1)
-    weight_decay: float = limited(1e-4, min=0)
-    lr_policy: str = "poly"
-    poly_power: float = limited(0.9, min=0)
-    step_size: int | None = limited(None, min=1)
-    step_gamma: float = 0.1
-    warmup_iters: int = limited(0, min=0)
-    backbone_lr_mult: float | None = limited(None, min=0)
-    loss: str = "ce"
-    class_weights: list[float] | str | None = None
-    focal_gamma: float = limited(2.0, min=0)
-    dice_weight: float = limited(1.0, min=0)
-    ignore_index: int = limited(255, min=0, max=255)  # masks are 8-bit
-    aux_weight: float = limited(0.4, min=0)
-    se_weight: float = limited(0.2, min=0)
-    init_from: str | None = None
-    freeze_backbone_iters: int = limited(0, min=0)
-    freeze_bn: bool = False
-    amp: bool = False
-    channels_last: bool = True  # NHWC activations: faster convolutions (oneDNN, cuDNN)
-    device: str = "auto"
-    val_interval: int = limited(1000, min=1)
-    log_interval: int = limited(10, min=1)
-    seed: int = 0
-    sync_bn: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    stop_after: int | None = limited(None, min=1)
+    iters: int = option(30000, help="optimiser steps of the whole run", min=1)
+    epochs: int | None = option(
+        None, help="train for this many passes over the data instead of --iters", min=1
+    )
+    batch_size: int = option(16, help="images per step and process", min=1)
+    optimizer: str = option("sgd", help="optimiser", choices=OPTIMIZERS)
+    lr: float = option(0.01, help="peak learning rate of the head", above=0)
+    momentum: float = option(0.9, help="SGD momentum", min=0, max=1)
+    weight_decay: float = option(1e-4, help="L2 weight decay", min=0)
+    lr_policy: str = option("poly", help="learning-rate schedule", choices=LR_POLICIES)
+    poly_power: float = option(0.9, help="exponent of the poly schedule", min=0)
+    step_size: int | None = option(
+        None, help="step schedule: iterations per step (none: a third of the run)", min=1
+    )
+    step_gamma: float = option(0.1, help="step schedule: factor applied at each step")
+    warmup_iters: int = option(0, help="linear warm-up iterations", min=0)
+    backbone_lr_mult: float | None = option(
+        None, help="backbone LR = lr x this (none: 0.1 with pretrained weights, else 1.0)", min=0
+    )
+    loss: str = option("ce", help="segmentation loss", choices=_loss_names)
+    class_weights: list[float] | str | None = option(
+        None, help="per-class loss weights: a list, or auto (ENet weights from the masks)"
+    )
+    focal_gamma: float = option(2.0, help="focal loss exponent", min=0)
+    dice_weight: float = option(1.0, help="weight of the dice term in ce+dice", min=0)
+    ignore_index: int = option(
+        255, help="mask value excluded from loss and metrics", min=0, max=255
+    )  # masks are 8-bit
+    aux_weight: float = option(0.4, help="weight of the auxiliary head's loss", min=0)
+    se_weight: float = option(0.2, help="weight of EncNet's semantic-encoding loss", min=0)
+    init_from: str | None = option(
+        None, help="start from the weights of this checkpoint (matched by name and shape)"
+    )
+    freeze_backbone_iters: int = option(
+        0, help="keep the backbone frozen (BN included) for the first N iterations", min=0
+    )
+    freeze_bn: bool = option(False, help="keep every BatchNorm's statistics fixed")
+    amp: bool = option(False, help="mixed precision: fp16 on CUDA, bf16 on the CPU")
+    channels_last: bool = option(True, help="NHWC activations: faster convolutions (oneDNN, cuDNN)")
+    device: str = option("auto", help="auto: CUDA when available, else the CPU", choices=DEVICES)
+    val_interval: int = option(1000, help="validate and save checkpoints every N iterations", min=1)
+    log_interval: int = option(10, help="log the loss every N iterations", min=1)
+    seed: int = option(0, help="seed of weights, sampling and augmentation")
+    sync_bn: bool = option(False, help="synchronise BatchNorm across processes (CUDA)")
+    resume: bool = option(False, help="continue the run in --work-dir from its last.pt")
+    overwrite: bool = option(False, help="replace the run already in --work-dir")
+    stop_after: int | None = option(
+        None, help="stop (saving last.pt) after N iterations of this invocation", min=1
+    )
 
 
 @dataclass
 class EvalConfig:
     """Inference protocol for validation, ``segkit eval`` and ``segkit predict``."""
 
-    mode: str = "whole"
-    window: int | None = limited(None, min=1)
-    stride: int | None = limited(None, min=1)
-    scales: list[float] = limited(factory=lambda: [1.0], items_above=0)
-    flip: bool = False
-    batch_size: int = limited(1, min=1)
+    mode: str = option(
+        "whole", help="whole image, or slide a window over it", choices=_inference_modes
+    )
+    window: int | None = option(
+        None, help="slide: window side in pixels (none: the training crop size)", min=1
+    )
+    stride: int | None = option(
+        None, help="slide: step between windows (none: two thirds of the window)", min=1
+    )
+    scales: list[float] = option(
+        help="image scales whose logits are averaged, e.g. 0.75,1.0,1.25",
+        factory=lambda: [1.0],
+        items_above=0,
+    )
+    flip: bool = option(False, help="also average the horizontally flipped prediction")
+    batch_size: int = option(1, help="images per validation step", flag="--eval-batch-size", min=1)
+
+
+def _extend(base: type, name: str, options: dict[str, Any], doc: str) -> type:
+    """``base`` plus one field per component option (default ``None``: the component's own)."""
+    fields = [
+        (opt.name, opt.hint, option(None, help=opt.describe(), component=True))
+        for opt in options.values()
+        if opt.name not in {f.name for f in dataclasses.fields(base)}
+    ]
+    cls = dataclasses.make_dataclass(name, fields, bases=(base,))
+    cls.__doc__ = doc
+    cls.__module__ = __name__
+    return cls
+
+
+def _head_options() -> dict[str, Any]:
+    from segkit.models import MODELS
+
+    return merge_options(component_options(build, name) for name, build in MODELS.items())
+
+
+def _dataset_options() -> dict[str, Any]:
+    from segkit.datasets import DATASETS
+
+    skip = ("skip_bad_samples",)
+    return merge_options(component_options(cls, n, skip=skip) for n, cls in DATASETS.items())
+
+
+ModelConfig = _extend(
+    _ModelSection,
+    "ModelConfig",
+    _head_options(),
+    "Arguments of :func:`segkit.create_model`: the shared ones, then every head builder's "
+    "options (``None``: the model's default).",
+)
+DataConfig = _extend(
+    _DataSection,
+    "DataConfig",
+    _dataset_options(),
+    "Dataset, its options (from the dataset classes) and the joint transforms.",
+)
 
 
 @dataclass
@@ -139,7 +274,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    work_dir: str | None = None
+    work_dir: str | None = option(
+        None, help="run folder (none: runs/<dataset>_<model>_<backbone>_<time>)"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML- and checkpoint-safe)."""
@@ -159,9 +296,7 @@ class Config:
     @classmethod
     def load(cls, path: str | Path) -> Config:
         """Read a YAML recipe (see :meth:`from_dict`)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+        path = find_recipe(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
@@ -185,7 +320,9 @@ class Config:
             section, name = self._locate(key)
             hint = typing.get_type_hints(type(section))[name]
             value = coerce(value, hint, key)
-            _check_limits(value, _limits(section, name), key)
+            meta = _metadata(section, name)
+            _check_limits(value, meta.get("limits", {}), key)
+            _check_choices(value, choices_of(meta), key)
             setattr(section, name, value)
 
     def _locate(self, key: str) -> tuple[Any, str]:
@@ -210,35 +347,37 @@ class Config:
         return section, parts[1]
 
 
-# The built-in recipe: DeepLabV3+ MobileNetV2 (128-channel ASPP and decoder, auxiliary head for
-# deep supervision) trained from scratch with AdamW on 64x64 shapes. On a 2-core CPU it reaches
-# val mIoU > 0.80 in under 10 minutes (benchmarks/default_train.py).
-SHAPES_RECIPE: dict[str, Any] = {
-    "model": {
-        "name": "deeplabv3plus",
-        "backbone": "mobilenet_v2",
-        "aux": True,
-        "aspp_channels": 128,
-        "decoder_channels": 128,
-    },
-    "data": {
-        "dataset": "shapes",
-        "image_size": 64,
-        "length": 4000,
-        "crop_size": 64,
-        "scale_range": [0.75, 1.25],
-        "workers": 1,
-    },
-    "train": {
-        "iters": 1500,
-        "batch_size": 16,
-        "optimizer": "adamw",
-        "lr": 0.004,
-        "weight_decay": 0.0001,
-        "warmup_iters": 100,
-        "val_interval": 250,
-    },
-}
+RECIPES = Path(__file__).parent / "configs"
+# `segkit train` with no --config on the shapes set: DeepLabV3+ MobileNetV2 learning the
+# synthetic shapes from scratch in minutes on a laptop CPU (benchmarks/default_train.py).
+SHAPES_RECIPE = RECIPES / "shapes.yaml"
+
+
+def find_recipe(name: str | Path) -> Path:
+    """``name`` as a file, or as the name of a recipe shipped in ``configs/`` (with or without
+    ``.yaml``), so ``--config voc2012aug_deeplabv3plus_mobilenet_os16_513`` works anywhere."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = RECIPES / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    close = difflib.get_close_matches(path.stem, known, n=3)
+    hint = f" Did you mean {close}?" if close else ""
+    raise FileNotFoundError(
+        f"config file not found: {path}.{hint} Give a YAML file or a shipped recipe: {known}"
+    )
+
+
+def component_values(section: Any) -> dict[str, Any]:
+    """The options of ``section`` that come from a head or a dataset (:mod:`segkit.options`)
+    and are set (not ``None``), as keyword arguments for that component."""
+    return {
+        item.name: getattr(section, item.name)
+        for item in dataclasses.fields(section)
+        if item.metadata.get("component") and getattr(section, item.name) is not None
+    }
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -270,6 +409,9 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     if isinstance(value, str):
         with contextlib.suppress(yaml.YAMLError):
             candidates.append(yaml.safe_load(value))
+    # Text is taken as a string only when no other type reads it ("true" for ``str | bool``
+    # is a bool, "1,2" for ``list[float] | str`` a list, "auto" a string).
+    options = tuple(sorted(options, key=lambda option: option is str))
     for candidate in candidates:
         for option in options:
             converted = _try(candidate, option)
@@ -323,8 +465,22 @@ def _try(value: Any, option: Any) -> Any:
     return _FAIL
 
 
-def _limits(section: Any, name: str) -> dict[str, Any]:
-    return next(f.metadata.get("limits", {}) for f in dataclasses.fields(section) if f.name == name)
+def _metadata(section: Any, name: str) -> Any:
+    return next(f.metadata for f in dataclasses.fields(section) if f.name == name)
+
+
+def choices_of(metadata: Any) -> Sequence[str] | None:
+    """The valid values a field declares (its ``choices``, called when it is a function)."""
+    choices = metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def _check_choices(value: Any, choices: Sequence[str] | None, key: str) -> None:
+    if value is None or choices is None or value in choices:
+        return
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"{key}: unknown value {value!r}.{hint} Valid choices: {list(choices)}")
 
 
 def _check_limits(value: Any, limits: dict[str, Any], key: str) -> None:

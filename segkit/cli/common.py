@@ -1,17 +1,156 @@
-"""Flags and helpers shared by several commands (``eval`` and ``predict`` run inference)."""
+"""Flags and helpers shared by several commands.
+
+Config flags: ``segkit train`` (and ``segkit doctor``, for the dataset options) generate one flag
+per configuration field from the field's declaration (:func:`segkit.config.option`, and the
+head and dataset options of :mod:`segkit.options`), so a flag's name, help, default and choices
+are written once. Inference flags: ``segkit eval`` and ``segkit predict`` share them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from segkit.config import Config, choices_of
 from segkit.deploy.optimize import PRECISIONS, optimize_for_inference
 from segkit.weights import weights_fingerprint
+
+# Config sections in the order their flags are listed.
+SECTIONS = ("model", "data", "train", "eval")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag generated from a config field."""
+
+    flag: str
+    key: str  # "train.lr", or "work_dir"
+    field: dataclasses.Field
+    hint: Any
+
+
+def config_flags() -> list[Flag]:
+    """One flag per config field: the field's declared ``flag`` or ``--field-name``; a head or
+    dataset option whose name another section already uses is prefixed (``--data-seed``)."""
+    sections = [("", Config, None)] + [
+        (name, type(getattr(Config(), name)), name) for name in SECTIONS
+    ]
+    declared, derived = [], []
+    for prefix, cls, section in sections:
+        hints = typing.get_type_hints(cls)
+        for item in dataclasses.fields(cls):
+            if "help" not in item.metadata:
+                continue  # a section, not an option
+            key = f"{section}.{item.name}" if section else item.name
+            entry = (key, item, hints[item.name], prefix)
+            (derived if item.metadata.get("component") else declared).append(entry)
+    flags: list[Flag] = []
+    used: set[str] = set()
+    for key, item, hint, prefix in declared + derived:
+        flag = item.metadata.get("flag") or "--" + item.name.replace("_", "-")
+        if flag in used:
+            flag = f"--{prefix}-{item.name.replace('_', '-')}"
+        used.add(flag)
+        flags.append(Flag(flag, key, item, hint))
+    return flags
+
+
+def add_config_flag(
+    group: argparse._ActionsContainer, flag: Flag, recipe: dict[str, Any] | None = None
+) -> None:
+    """Add ``flag`` to ``group``: default ``None`` (not given, so it never hides a recipe's
+    value), help text with the field's default and, if other, the ``recipe``'s value."""
+    shown = _ABSENT if recipe is None else _recipe_value(recipe, flag.key)
+    help_text = _help(flag, shown)
+    if _is_bool(flag.hint):
+        group.add_argument(
+            flag.flag,
+            dest=flag.key,
+            default=None,
+            action=argparse.BooleanOptionalAction,
+            help=help_text,
+        )
+    else:
+        group.add_argument(
+            flag.flag, dest=flag.key, default=None, metavar=_metavar(flag), help=help_text
+        )
+
+
+def given_values(args: argparse.Namespace, flags: list[Flag]) -> dict[str, Any]:
+    """``{config key: value}`` of the flags that were given."""
+    values = {flag.key: getattr(args, flag.key, None) for flag in flags}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _help(flag: Flag, recipe_value: Any) -> str:
+    """The field's help with its default, and the built-in shapes recipe's value if other."""
+    item = flag.field
+    text = item.metadata["help"]
+    if item.metadata.get("component"):
+        default = None  # the text names each model's or dataset's own default
+    elif item.default_factory is not dataclasses.MISSING:
+        default = item.default_factory()
+    else:
+        default = item.default
+    if not item.metadata.get("component") and not (default is None and "(none:" in text):
+        text = f"{text} (default: {_show(default)})"
+    if recipe_value is not _ABSENT and recipe_value != default:
+        text = f"{text.rstrip('.')}; shapes recipe: {_show(recipe_value)}"
+    return text.replace("%", "%%")
+
+
+_ABSENT = object()
+
+
+def _recipe_value(recipe: dict[str, Any], key: str) -> Any:
+    section, _, name = key.rpartition(".")
+    values = recipe.get(section, {}) if section else recipe
+    return values.get(name, _ABSENT)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
+def _is_bool(hint: Any) -> bool:
+    args = typing.get_args(hint) or (hint,)
+    return bool in args and all(a in (bool, type(None)) for a in args)
+
+
+def _metavar(flag: Flag) -> str:
+    choices = choices_of(flag.field.metadata)
+    if choices:
+        return "{" + ",".join(choices) + "}"
+    args = typing.get_args(flag.hint) if typing.get_origin(flag.hint) in _UNIONS else (flag.hint,)
+    if any(typing.get_origin(a) is list for a in args):
+        return "A,B,..."
+    for kind, name in ((int, "N"), (float, "X")):
+        if kind in args:
+            return name
+    return "PATH" if flag.key in _PATH_KEYS else "TEXT"
+
+
+_UNIONS = (typing.Union, types.UnionType)
+_PATH_KEYS = (
+    "work_dir",
+    "data.root",
+    "data.palette_file",
+    "model.pretrained_backbone",
+    "train.init_from",
+)
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,10 @@ import os
 import sys
 import warnings
 from collections import Counter
+from typing import Any
 
+from segkit.cli.common import Flag, add_config_flag, config_flags, given_values
+from segkit.config import Config, component_values
 from segkit.datasets import build_dataset, dataset_options, list_datasets
 from segkit.datasets.base import SegmentationDataset
 from segkit.datasets.doctor import ScanReport, scan_dataset
@@ -20,57 +23,58 @@ from segkit.datasets.preflight import hint_lines, problem_lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the ``segkit doctor`` flags."""
-    parser.add_argument("--dataset", required=True, choices=list_datasets(), help="dataset name")
-    parser.add_argument("--data-root", default=None, help="dataset folder (not for shapes)")
-    parser.add_argument("--split", default="train", help="split to check (default: train)")
-    parser.add_argument("--year", type=int, default=None, help="voc: 2007 or 2012 (default 2012)")
-    parser.add_argument("--num-classes", type=int, default=None, help="folder: class count")
-    parser.add_argument("--class-names", default=None, help="folder: comma-separated names")
-    parser.add_argument("--palette", default=None, metavar="FILE", help="folder: class -> RGB file")
-    parser.add_argument(
-        "--binary-255", action="store_true", help="folder: read mask value 255 as class 1"
-    )
-    parser.add_argument(
-        "--nodata-ignore", action="store_true", help="massroads: white no-data pixels -> ignore"
-    )
-    parser.add_argument("--seed", type=int, default=None, help="shapes: base seed")
-    parser.add_argument("--length", type=int, default=None, help="shapes: samples in the split")
+    """Register the ``segkit doctor`` flags: the dataset, its folder and split, and each
+    dataset's own options under the same names as in ``segkit train``."""
+    group = parser.add_argument_group("dataset (the same flags as segkit train)")
+    for flag in _dataset_flags():
+        add_config_flag(group, flag)
+    group.add_argument("--split", default="train", help="split to check")
     parser.add_argument("--max-samples", type=int, default=None, help="check only the first N")
     parser.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="reader threads"
     )
 
 
-def _options(args: argparse.Namespace) -> dict[str, object]:
-    flags = {
-        "year": args.year,
-        "num_classes": args.num_classes,
-        "class_names": args.class_names,
-        "palette_file": args.palette,
-        "binary_255": args.binary_255 or None,
-        "nodata_ignore": args.nodata_ignore or None,
-        "seed": args.seed,
-        "length": args.length,
-    }
-    given = {key: value for key, value in flags.items() if value is not None}
-    valid = dataset_options(args.dataset)
-    unused = [key for key in given if key not in valid]
+def _dataset_flags() -> list[Flag]:
+    """``--dataset``, ``--data-root`` and every dataset option's flag."""
+    keys = ("data.dataset", "data.root")
+    return [f for f in config_flags() if f.key in keys or _is_dataset_option(f)]
+
+
+def _is_dataset_option(flag: Flag) -> bool:
+    return flag.key.startswith("data.") and bool(flag.field.metadata.get("component"))
+
+
+def _options(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
+    """The dataset part of a run configuration from the flags, and the dataset's options;
+    an option the dataset does not take is an error naming its flag."""
+    flags = _dataset_flags()
+    given = given_values(args, flags)
+    if "data.dataset" not in given:
+        raise ValueError(f"--dataset is required; choose one of {list_datasets()}")
+    config = Config()
+    config.update(given)
+    options = component_values(config.data)
+    valid = dataset_options(config.data.dataset)
+    names = {f.key.removeprefix("data."): f.flag for f in flags if _is_dataset_option(f)}
+    unused = [names[name] for name in options if name not in valid]
     if unused:
-        flags_text = ", ".join("--" + key.replace("_", "-").replace("-file", "") for key in unused)
-        raise ValueError(f"{flags_text} do(es) not apply to dataset '{args.dataset}'")
-    return given
+        raise ValueError(
+            f"{', '.join(unused)} do(es) not apply to dataset {config.data.dataset!r} (its "
+            f"options: {valid})"
+        )
+    return config, options
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the dataset; print problems and class frequencies; return the exit status."""
     try:
-        options = _options(args)
+        config, options = _options(args)
         with warnings.catch_warnings():  # problems are printed below, one per line
             warnings.simplefilter("ignore")
             dataset = build_dataset(
-                args.dataset,
-                root=args.data_root,
+                config.data.dataset,
+                root=config.data.root,
                 split=args.split,
                 skip_bad_samples=True,
                 **options,
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"dataset {args.dataset!r} split {args.split!r}: {dataset!r}")
+    print(f"dataset {config.data.dataset!r} split {args.split!r}: {dataset!r}")
     print(f"files: {dataset.image_count} images, {dataset.mask_count} masks, {len(dataset)} pairs")
     report = scan_dataset(dataset, max_samples=args.max_samples, workers=args.workers)
     if args.max_samples is not None and args.max_samples < len(dataset):

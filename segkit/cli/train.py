@@ -11,118 +11,104 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from segkit.checkpoint import load_checkpoint
-from segkit.config import SHAPES_RECIPE, Config, parse_set
+from segkit.cli.common import add_config_flag, config_flags, given_values
+from segkit.config import (
+    LR_POLICIES,
+    OPTIMIZERS,
+    SHAPES_RECIPE,
+    Config,
+    parse_set,
+)
 
-# flag -> config key. Every flag defaults to None ("not given") so it never hides a recipe value.
-FLAGS: dict[str, str] = {
-    "--model": "model.name",
-    "--backbone": "model.backbone",
-    "--output-stride": "model.output_stride",
-    "--pretrained-backbone": "model.pretrained_backbone",
-    "--multi-grid": "model.multi_grid",
-    "--attention": "model.attention",
-    "--dataset": "data.dataset",
-    "--data-root": "data.root",
-    "--year": "data.year",
-    "--num-classes": "data.num_classes",
-    "--palette-file": "data.palette_file",
-    "--crop-size": "data.crop_size",
-    "--workers": "data.workers",
-    "--iters": "train.iters",
-    "--epochs": "train.epochs",
-    "--batch-size": "train.batch_size",
-    "--optimizer": "train.optimizer",
-    "--lr": "train.lr",
-    "--momentum": "train.momentum",
-    "--weight-decay": "train.weight_decay",
-    "--lr-policy": "train.lr_policy",
-    "--warmup-iters": "train.warmup_iters",
-    "--backbone-lr-mult": "train.backbone_lr_mult",
-    "--loss": "train.loss",
-    "--class-weights": "train.class_weights",
-    "--focal-gamma": "train.focal_gamma",
-    "--ignore-index": "train.ignore_index",
-    "--aux-weight": "train.aux_weight",
-    "--se-weight": "train.se_weight",
-    "--init-from": "train.init_from",
-    "--freeze-backbone-iters": "train.freeze_backbone_iters",
-    "--device": "train.device",
-    "--val-interval": "train.val_interval",
-    "--seed": "train.seed",
-    "--stop-after": "train.stop_after",
-    "--work-dir": "work_dir",
-}
-SWITCHES: dict[str, str] = {
-    "--aux": "model.aux",
-    "--separable": "model.separable",
-    "--jpu": "model.jpu",
-    "--lateral": "model.lateral",
-    "--se-loss": "model.se_loss",
-    "--binary-255": "data.binary_255",
-    "--crop-val": "data.crop_val",
-    "--skip-bad-samples": "data.skip_bad_samples",
-    "--freeze-bn": "train.freeze_bn",
-    "--amp": "train.amp",
-    "--channels-last": "train.channels_last",
-    "--sync-bn": "train.sync_bn",
-    "--flip": "eval.flip",
+GROUP_TITLES = {
+    "model": "model (head options name the models that take them)",
+    "data": "data (dataset options name the datasets that take them)",
+    "train": "training",
+    "eval": "validation protocol",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register ``segkit train``'s flags (each maps onto a config key, shown in its help)."""
-    parser.add_argument("--config", help="YAML recipe (sections model/data/train/eval)")
-    parser.add_argument(
+    """Register ``segkit train``'s flags: one per config field, with its help, default and
+    choices as the field declares them."""
+    parser.epilog = _catalogue()
+    run = parser.add_argument_group("recipe and run")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML recipe, or the name of one in configs/ (none: configs/shapes.yaml on the "
+        "shapes set, else the standard DeepLabV3+ recipe)",
+    )
+    run.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any config key, e.g. --set train.lr=0.01 (repeatable)",
+        help="set any config key, e.g. --set train.lr=0.01 (repeatable; applied last)",
     )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --work-dir from last.pt"
+    run.add_argument(
+        "--print-config", action="store_true", help="print the resolved configuration and exit"
     )
-    parser.add_argument(
-        "--overwrite",
+    run.add_argument(
+        "--dry-run",
         action="store_true",
-        help="replace the run already in --work-dir (without it an existing run is refused)",
+        help="build the datasets and the model, load one batch, print sizes and shapes, exit",
     )
-    for flag, key in FLAGS.items():
-        metavar = key.rsplit(".", 1)[-1].upper()
-        parser.add_argument(flag, dest=key, default=None, metavar=metavar, help=f"sets {key}")
-    for flag, key in SWITCHES.items():
-        parser.add_argument(
-            flag, dest=key, default=None, action=argparse.BooleanOptionalAction, help=f"sets {key}"
-        )
+    recipe = Config.load(SHAPES_RECIPE).to_dict()
+    groups = {name: parser.add_argument_group(title) for name, title in GROUP_TITLES.items()}
+    for flag in config_flags():
+        add_config_flag(groups.get(flag.key.split(".")[0], run), flag, recipe)
+
+
+def _catalogue() -> str:
+    """What the choices are, listed under the options in ``segkit train --help``."""
+    from segkit.datasets import list_datasets
+    from segkit.losses import LOSSES
+    from segkit.models import list_backbones, list_models
+    from segkit.models.attention import ATTENTIONS
+
+    rows = {
+        "models": list_models(),
+        "backbones": [*list_backbones(), "timm:<any timm model>"],
+        "attention": list(ATTENTIONS),
+        "datasets": list_datasets(),
+        "losses": list(LOSSES),
+        "optimizers": list(OPTIMIZERS),
+        "LR policies": list(LR_POLICIES),
+    }
+    lines = ["choices:"] + [
+        f"  {name + ':':<12} {', '.join(values)}" for name, values in rows.items()
+    ]
+    lines += [
+        "",
+        "precedence: defaults < --config < flags < --set; --print-config shows the result.",
+        "`segkit models` lists parameters and GFLOPs of every model and backbone.",
+    ]
+    return "\n".join(lines)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Resolve the configuration (recipe, flags, --set); on --resume start from the run's own."""
-    if args.resume and args.overwrite:
+    resume = bool(getattr(args, "train.resume"))
+    overwrite = bool(getattr(args, "train.overwrite"))
+    if resume and overwrite:
         raise ValueError(
             "--resume continues the run in --work-dir, --overwrite replaces it: give one of them"
         )
-    if args.resume:
+    if resume:
         config = _run_config(args.work_dir)
         config.train.stop_after = None  # a limit of the interrupted invocation, not of the run
     elif args.config:
         config = Config.load(args.config)
     elif getattr(args, "data.dataset") in (None, "shapes"):
-        config = Config.from_dict(SHAPES_RECIPE)  # `segkit train` with no recipe
+        config = Config.load(SHAPES_RECIPE)  # `segkit train` with no recipe
     else:
         config = Config()
-    given: dict[str, Any] = {}
-    for key in (*FLAGS.values(), *SWITCHES.values()):
-        value = getattr(args, key)
-        if value is not None:
-            given[key] = value
-    config.update(given)
+    config.update(given_values(args, config_flags()))
     config.update(parse_set(args.set))
-    config.train.resume = bool(args.resume)
-    config.train.overwrite = bool(args.overwrite)
+    config.train.resume, config.train.overwrite = resume, overwrite
     return config
 
 

@@ -38,13 +38,21 @@ def fcn(
     dropout: float = 0.1,
     attention: str | None = None,
 ) -> nn.Module:
-    """Dilated FCN: an :class:`FCNHead` on the deepest map; ``attention`` in
-    ``{"psa", "se", "cbam"}`` adds that block after the head's conv-BN-ReLU."""
+    """Dilated FCN: an :class:`FCNHead` on the deepest map.
+
+    Args:
+        dropout: dropout before the classifier.
+        attention: attention block on the head's features: psa, se or cbam (none: without).
+    """
     return FCNHead(backbone.channels[-1], num_classes, dropout=dropout, attention=attention)
 
 
 def fcn8s(backbone: FeatureSpec, num_classes: int, *, dropout: float = 0.1) -> nn.Module:
-    """FCN-8s: scores of the last three maps fused by upsampling and addition."""
+    """FCN-8s: scores of the last three maps fused by upsampling and addition.
+
+    Args:
+        dropout: dropout before the classifier.
+    """
     return FCN8sHead(backbone.channels, num_classes, dropout=dropout)
 
 
@@ -58,8 +66,16 @@ def deeplabv3(
     separable: bool = False,
     attention: str | None = None,
 ) -> nn.Module:
-    """DeepLabV3: ASPP head; rates default to (6, 12, 18) at stride 16, (12, 24, 36) at 8
-    (also with JPU, whose map is at stride 8); ``attention`` after the 3x3 conv-BN-ReLU."""
+    """DeepLabV3: an ASPP head on the deepest map.
+
+    Args:
+        aspp_rates: dilation of the ASPP 3x3 branches (none: 6,12,18 at output stride 16,
+            12,24,36 at 8, also with JPU, whose map is at stride 8).
+        aspp_channels: width of the ASPP branches and of the head.
+        aspp_dropout: dropout after the ASPP projection.
+        separable: atrous separable (depthwise + pointwise) 3x3 convolutions.
+        attention: attention block on the head's features: psa, se or cbam (none: without).
+    """
     rates = aspp_rates or default_aspp_rates(backbone.output_stride)
     return DeepLabV3Head(
         backbone.channels[-1],
@@ -84,8 +100,19 @@ def deeplabv3plus(
     separable: bool = False,
     attention: str | None = None,
 ) -> nn.Module:
-    """DeepLabV3+: ASPP + decoder on the stride-4 map; ``separable`` for atrous separable convs;
-    ``attention`` after ASPP and on the projected low-level map (seed 001)."""
+    """DeepLabV3+: ASPP on the deepest map and a decoder on the stride-4 map.
+
+    Args:
+        aspp_rates: dilation of the ASPP 3x3 branches (none: 6,12,18 at output stride 16,
+            12,24,36 at 8).
+        aspp_channels: width of the ASPP branches and of the head.
+        aspp_dropout: dropout after the ASPP projection.
+        low_level_channels: width the stride-4 map is projected to before the decoder.
+        decoder_channels: width of the decoder's two 3x3 convolutions.
+        separable: atrous separable (depthwise + pointwise) 3x3 convolutions.
+        attention: attention block after ASPP and on the projected low-level map: psa, se or
+            cbam (none: without).
+    """
     return DeepLabV3PlusHead(
         backbone.channels,
         num_classes,
@@ -110,8 +137,17 @@ def encnet(
     dropout: float = 0.1,
     attention: str | None = None,
 ) -> nn.Module:
-    """EncNet: Context Encoding Module head; ``lateral`` fuses c2/c3, ``se_loss`` adds the
-    ``"se"`` class-presence logits (training mode), ``attention`` before the encoding."""
+    """EncNet: the Context Encoding Module head.
+
+    Args:
+        lateral: fuse the c2 and c3 maps into the head's input.
+        se_loss: predict which classes are present (the ``"se"`` output, training mode) for
+            the semantic-encoding loss.
+        num_codes: codewords of the Encoding layer.
+        channels: width of the head.
+        dropout: dropout before the classifier.
+        attention: attention block before the encoding: psa, se or cbam (none: without).
+    """
     return EncNetHead(
         backbone.channels,
         num_classes,

@@ -14,7 +14,7 @@ import torch
 
 from segkit.deploy.bench import forward_gflops
 from segkit.models import JPU_MODELS, create_model, list_backbones, list_models
-from segkit.models.backbones import HRNETS, RESNETS
+from segkit.models.backbones import RESNETS, backbone_entry
 
 Row = tuple[str, str, int, bool]  # model, backbone, output stride, JPU
 
@@ -56,7 +56,8 @@ def _rows(args: argparse.Namespace) -> list[Row]:
     strides = args.output_stride or [16, 8]
     rows: list[Row] = []
     for backbone in backbones:
-        for stride in [4] if backbone in HRNETS else strides:
+        entry = backbone_entry(backbone)
+        for stride in [entry.default_stride] if len(entry.strides) == 1 else strides:
             rows += [(model, backbone, stride, False) for model in models]
         if backbone in RESNETS:
             rows += [(model, backbone, 32, True) for model in models if model in JPU_MODELS]

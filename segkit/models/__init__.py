@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from segkit.models.attention import check_attention
-from segkit.models.backbones import HRNETS, build_backbone, list_backbones
+from segkit.models.backbones import backbone_entry, build_backbone, list_backbones
 from segkit.models.heads.deeplab import DeepLabV3Head, DeepLabV3PlusHead, default_aspp_rates
 from segkit.models.heads.encnet import EncNetHead
 from segkit.models.heads.fcn import FCN8sHead, FCNHead
@@ -245,8 +245,9 @@ def create_model(
     check_attention(options.get("attention"))
     jpu = False if jpu is None else jpu  # an unset CLI flag means the default
     _check_jpu(name, jpu, output_stride)
-    if output_stride is None and backbone not in HRNETS:
-        output_stride = 32 if jpu else DEFAULT_OUTPUT_STRIDE.get(name, 16)
+    entry = backbone_entry(backbone)
+    if output_stride is None and len(entry.strides) > 1:  # HRNetV2 has one stride
+        output_stride = 32 if jpu else DEFAULT_OUTPUT_STRIDE.get(name, entry.default_stride)
     body = build_backbone(backbone, output_stride=output_stride, multi_grid=multi_grid)
     neck = JPU(body.channels, body.reductions) if jpu else None
     spec: FeatureSpec = body if neck is None else neck

@@ -10,7 +10,9 @@ instead of stride for output stride 8/16, multi-grid rates, and which maps to re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import timm
 import torch
@@ -20,7 +22,6 @@ from torch import Tensor, nn
 
 RESNETS = {"resnet50": torchvision.models.resnet50, "resnet101": torchvision.models.resnet101}
 HRNETS = {"hrnetv2_w18": "hrnet_w18", "hrnetv2_w32": "hrnet_w32", "hrnetv2_w48": "hrnet_w48"}
-BACKBONES = (*RESNETS, "mobilenet_v2", "xception65", *HRNETS)
 TIMM_PREFIX = "timm:"
 DILATABLE_STRIDES = (8, 16, 32)
 
@@ -222,6 +223,87 @@ def _ceil_div(size: int, factor: int) -> int:
     return (size + factor - 1) // factor
 
 
+@dataclass(frozen=True)
+class BackboneEntry:
+    """One row of :data:`BACKBONES`.
+
+    Attributes:
+        build: ``build(output_stride, multi_grid) -> Backbone``.
+        strides: the output strides the backbone supports.
+        default_stride: the stride used when none is given.
+        weights: file name of the ImageNet weights it loads as is (torchvision's name, or the
+            timm model whose checkpoint fits), for messages and ``pretrained_backbone=True``.
+        source: ``"torchvision:<weights enum>"`` or ``"timm:<model>"``: where those weights come
+            from when downloading is asked for.
+        multi_grid: whether it takes ``multi_grid`` (ResNet layer4).
+    """
+
+    build: Callable[[int, Sequence[int] | None], Backbone]
+    strides: tuple[int, ...]
+    default_stride: int
+    weights: str
+    source: str
+    multi_grid: bool = False
+
+
+def _resnet(depth: str) -> Callable[[int, Sequence[int] | None], Backbone]:
+    return partial(ResNetBackbone, depth)
+
+
+def _no_grid(
+    build: Callable[[int], Backbone],
+) -> Callable[[int, Sequence[int] | None], Backbone]:
+    return lambda output_stride, multi_grid=None: build(output_stride)
+
+
+# One hop from a name to the code: every named backbone, what it supports and its weights.
+BACKBONES: dict[str, BackboneEntry] = {
+    "resnet50": BackboneEntry(
+        _resnet("resnet50"), DILATABLE_STRIDES, 16, "resnet50-0676ba61.pth",
+        "torchvision:ResNet50_Weights", multi_grid=True,
+    ),
+    "resnet101": BackboneEntry(
+        _resnet("resnet101"), DILATABLE_STRIDES, 16, "resnet101-63fe2227.pth",
+        "torchvision:ResNet101_Weights", multi_grid=True,
+    ),
+    "mobilenet_v2": BackboneEntry(
+        _no_grid(MobileNetV2Backbone), DILATABLE_STRIDES, 16, "mobilenet_v2-b0353104.pth",
+        "torchvision:MobileNet_V2_Weights",
+    ),
+    "xception65": BackboneEntry(
+        _no_grid(partial(TimmBackbone, "xception65")), DILATABLE_STRIDES, 16,
+        "timm xception65 (aligned Xception)", "timm:xception65",
+    ),
+    **{
+        name: BackboneEntry(
+            _no_grid(partial(HRNetV2Backbone, name)), (4,), 4, f"timm {timm_name}",
+            f"timm:{timm_name}",
+        )
+        for name, timm_name in HRNETS.items()
+    },
+}  # fmt: skip
+
+
+def backbone_entry(name: str) -> BackboneEntry:
+    """The table row of ``name``; ``timm:<model>`` gets a row made for that timm model.
+
+    Raises:
+        ValueError: an unknown name, listing the valid ones.
+    """
+    if name in BACKBONES:
+        return BACKBONES[name]
+    if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
+        timm_name = name[len(TIMM_PREFIX) :]
+        return BackboneEntry(
+            _no_grid(partial(TimmBackbone, timm_name)), DILATABLE_STRIDES, 16,
+            f"timm {timm_name}", name,
+        )  # fmt: skip
+    raise ValueError(
+        f"Unknown backbone {name!r}. Supported backbones: {list(BACKBONES)}, or "
+        f"'{TIMM_PREFIX}<name>' for any timm model with features_only (e.g. 'timm:resnet18')."
+    )
+
+
 def build_backbone(
     name: str, *, output_stride: int | None = None, multi_grid: Sequence[int] | None = None
 ) -> Backbone:
@@ -229,33 +311,22 @@ def build_backbone(
 
     Args:
         name: one of :func:`list_backbones`, or ``"timm:<model>"`` for any timm model.
-        output_stride: stride of the deepest map; default 16 (HRNetV2: 4, its fixed stride).
+        output_stride: stride of the deepest map (default: the backbone's, see
+            :data:`BACKBONES`: 16, HRNetV2 4).
         multi_grid: ResNet only: layer4 dilation factors, e.g. ``(1, 2, 4)``.
 
     Raises:
         ValueError: unknown name, unsupported output stride or option.
     """
+    entry = backbone_entry(name)
     if output_stride is None:
-        output_stride = 4 if name in HRNETS else 16
-    if multi_grid is not None and name not in RESNETS:
-        raise ValueError(
-            f"multi_grid is a ResNet option (backbones {list(RESNETS)}); got backbone {name!r}"
-        )
-    if name in RESNETS:
-        return ResNetBackbone(name, output_stride, multi_grid)
-    if name == "mobilenet_v2":
-        return MobileNetV2Backbone(output_stride)
-    if name == "xception65":
-        _check_stride(name, output_stride, DILATABLE_STRIDES)
-        return TimmBackbone("xception65", output_stride)
-    if name in HRNETS:
-        return HRNetV2Backbone(name, output_stride)
-    if name.startswith(TIMM_PREFIX):
-        return TimmBackbone(name[len(TIMM_PREFIX) :], output_stride)
-    raise ValueError(
-        f"Unknown backbone {name!r}. Supported backbones: {list(BACKBONES)}, or "
-        f"'{TIMM_PREFIX}<name>' for any timm model with features_only (e.g. 'timm:resnet18')."
-    )
+        output_stride = entry.default_stride
+    if multi_grid is not None and not entry.multi_grid:
+        grid = [n for n, e in BACKBONES.items() if e.multi_grid]
+        raise ValueError(f"multi_grid is a ResNet option (backbones {grid}); got backbone {name!r}")
+    hint = "HRNetV2 keeps a stride-4 branch by design" if entry.strides == (4,) else ""
+    _check_stride(name, output_stride, entry.strides, hint)
+    return entry.build(output_stride, multi_grid)
 
 
 def list_backbones() -> list[str]:

@@ -14,33 +14,27 @@ import timm
 import torchvision
 from torch import Tensor
 
-from segkit.models.backbones import HRNETS, TIMM_PREFIX
-
-TORCHVISION_WEIGHTS = {
-    "resnet50": ("ResNet50_Weights", "resnet50-0676ba61.pth"),
-    "resnet101": ("ResNet101_Weights", "resnet101-63fe2227.pth"),
-    "mobilenet_v2": ("MobileNet_V2_Weights", "mobilenet_v2-b0353104.pth"),
-}
+from segkit.models.backbones import backbone_entry
 
 
 def download_backbone_weights(backbone: str) -> dict[str, Tensor]:
-    """Download ImageNet weights for ``backbone`` and return them as a state dict.
+    """Download ImageNet weights for ``backbone`` (its :data:`~segkit.models.backbones.BACKBONES`
+    ``source``) and return them as a state dict.
 
     Raises:
         RuntimeError: the download failed (e.g. no network), naming the local-file alternative.
     """
-    if backbone in TORCHVISION_WEIGHTS:
-        enum_name, file_name = TORCHVISION_WEIGHTS[backbone]
-        hint = f"torchvision's {file_name}"
-        fetch = getattr(torchvision.models, enum_name).IMAGENET1K_V1.get_state_dict
-        kwargs = {"progress": False}
+    entry = backbone_entry(backbone)
+    library, _, name = entry.source.partition(":")
+    hint = f"{library}'s {entry.weights}"
+    if library == "torchvision":
+        fetch = getattr(torchvision.models, name).IMAGENET1K_V1.get_state_dict
+        kwargs: dict[str, bool] = {"progress": False}
         host = "download.pytorch.org"
     else:
-        timm_name = HRNETS.get(backbone, backbone.removeprefix(TIMM_PREFIX))
-        hint = f"the timm checkpoint of {timm_name!r}"
 
         def fetch() -> dict[str, Tensor]:
-            return timm.create_model(timm_name, pretrained=True).state_dict()
+            return timm.create_model(name, pretrained=True).state_dict()
 
         kwargs = {}
         host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""

@@ -172,8 +172,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (eval mode).
 
-    The checkpoint's ``meta`` (class names, palette, normalisation, ignore index) is attached
-    as ``model.meta``.
+    The checkpoint's ``model`` entry is the model's build spec (``model.config``) and its
+    ``meta`` (class names, palette, normalisation, ignore index) becomes ``model.meta``.
 
     Raises:
         FileNotFoundError, ValueError: see :func:`load_checkpoint`; also a ``model`` entry
@@ -181,7 +181,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     """
     data = load_checkpoint(path)
     try:
-        model = create_model(**data["model"])
+        model = create_model(**data["model"], meta=data["meta"])
         model.load_state_dict(data["state_dict"])
     except (TypeError, ValueError, RuntimeError) as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -190,5 +190,4 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
             f"{path}: its weights do not fit the model its 'model' entry describes "
             f"({reason[:200]}); the file was edited or written by another version of segkit"
         ) from err
-    model.meta = dict(data["meta"])
     return model.to(device).eval()

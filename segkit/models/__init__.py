@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -200,6 +200,7 @@ def create_model(
     jpu: bool = False,
     pretrained_backbone: str | os.PathLike | bool | None = None,
     multi_grid: Sequence[int] | None = None,
+    meta: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> Segmenter:
     """Build a segmentation model.
@@ -218,9 +219,11 @@ def create_model(
             backbone whose c2, c3, c4 are at strides 8, 16, 32 works (ResNet, MobileNetV2,
             Xception, most timm models at output stride 32); HRNetV2 does not.
         pretrained_backbone: path of an ImageNet weights file for the backbone (loaded by name
-            and shape, report in ``model.load_reports``); ``True`` downloads through
-            torchvision/timm, which fails with a clear message offline.
+            and shape; the report is logged to the ``segkit.models`` logger); ``True``
+            downloads through torchvision/timm, which fails with a clear message offline.
         multi_grid: ResNet layer4 dilation factors, e.g. ``(1, 2, 4)``.
+        meta: what the outputs mean, carried as ``model.meta`` and in checkpoints (class
+            names, palette, mean, std, ignore index); the forward pass does not read it.
         **options: head options of the model (see :func:`head_options`); ``None`` values are
             dropped so that unset CLI flags never override a model's defaults.
 
@@ -251,13 +254,11 @@ def create_model(
     body = build_backbone(backbone, output_stride=output_stride, multi_grid=multi_grid)
     neck = JPU(body.channels, body.reductions) if jpu else None
     spec: FeatureSpec = body if neck is None else neck
-    reports = []
-    if pretrained_backbone is True:
-        reports.append(load_weights(body, download_backbone_weights(backbone)))
-    elif pretrained_backbone:
-        reports.append(load_weights(body, pretrained_backbone))
-    for report in reports:
-        logger.info("pretrained backbone: %s", report)
+    if pretrained_backbone:
+        weights = pretrained_backbone
+        if weights is True:
+            weights = download_backbone_weights(backbone)
+        logger.info("pretrained backbone: %s", load_weights(body, weights))
     aux_head = FCNHead(spec.channels[-2], num_classes, in_index=-2) if aux else None
     config = {
         "name": name,
@@ -270,9 +271,7 @@ def create_model(
         **options,
     }
     head = builder(spec, num_classes, **options)
-    model = Segmenter(body, head, aux_head, neck=neck, config=config)
-    model.load_reports = reports
-    return model
+    return Segmenter(body, head, aux_head, neck=neck, config=config, meta=meta)
 
 
 def _check_jpu(name: str, jpu: bool, output_stride: int | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -27,7 +28,9 @@ class Segmenter(nn.Module):
         aux_classifier: optional auxiliary head with the same contract.
         neck: optional module ``features -> features`` between backbone and heads (e.g. JPU).
         config: the arguments :func:`segkit.create_model` was called with, so a checkpoint can
-            rebuild the model.
+            rebuild the model (``create_model(**model.config)``).
+        meta: what the outputs mean: ``class_names``, ``palette``, ``mean``, ``std``,
+            ``ignore_index`` (empty when unknown); checkpoints and exports carry it.
     """
 
     def __init__(
@@ -36,14 +39,16 @@ class Segmenter(nn.Module):
         classifier: nn.Module,
         aux_classifier: nn.Module | None = None,
         neck: nn.Module | None = None,
-        config: dict[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.neck = neck
         self.classifier = classifier
         self.aux_classifier = aux_classifier
-        self.config = dict(config or {})
+        self.config: dict[str, Any] = dict(config or {})
+        self.meta: dict[str, Any] = dict(meta or {})
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]

@@ -370,6 +370,14 @@ def find_recipe(name: str | Path) -> Path:
     )
 
 
+def with_eval_defaults(config: Config) -> Config:
+    """``config`` with ``eval.window`` defaulted for ``--mode slide``: the training crop size
+    (mmsegmentation's choice; the stride then defaults to two thirds of it)."""
+    if config.eval.mode == "slide" and config.eval.window is None:
+        config.eval.window = config.data.crop_size
+    return config
+
+
 def component_values(section: Any) -> dict[str, Any]:
     """The options of ``section`` that come from a head or a dataset (:mod:`segkit.options`)
     and are set (not ``None``), as keyword arguments for that component."""
@@ -480,7 +488,9 @@ def _check_choices(value: Any, choices: Sequence[str] | None, key: str) -> None:
         return
     close = difflib.get_close_matches(str(value), list(choices), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"{key}: unknown value {value!r}.{hint} Valid choices: {list(choices)}")
+    section, _, name = key.rpartition(".")
+    noun = (section if name == "name" else name).replace("_", " ")
+    raise ValueError(f"Unknown {noun} {value!r} ({key}).{hint} Valid choices: {list(choices)}")
 
 
 def _check_limits(value: Any, limits: dict[str, Any], key: str) -> None:

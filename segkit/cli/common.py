@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from segkit.config import Config, choices_of
+from segkit.config import Config, choices_of, with_eval_defaults
 from segkit.deploy.optimize import PRECISIONS, optimize_for_inference
 from segkit.weights import weights_fingerprint
 
@@ -154,32 +154,68 @@ _PATH_KEYS = (
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--mode/--window/--stride/--scales/--flip/--device``, shared with ``segkit predict``."""
-    parser.add_argument("--checkpoint", required=True, help="a segkit checkpoint (best.pt)")
-    parser.add_argument("--mode", choices=["whole", "slide"], help="inference mode")
-    parser.add_argument("--window", type=int, help="slide: window side in pixels")
-    parser.add_argument("--stride", type=int, help="slide: step between windows")
-    parser.add_argument("--scales", help="comma-separated, e.g. 0.75,1.0,1.25")
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    """The checkpoint, the inference protocol (the ``eval`` config flags: ``--mode``,
+    ``--window``, ``--stride``, ``--scales``, ``--flip``) and the runtime, shared by ``segkit
+    eval`` and ``segkit predict``."""
     parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="FILE",
+        help="a segkit checkpoint (RUN/checkpoints/best.pt)",
+    )
+    group = parser.add_argument_group(
+        "inference protocol (flags not given: the run's validation protocol; --mode slide "
+        "without --window slides the run's training crop size)"
+    )
+    for flag in inference_flags():
+        add_config_flag(group, flag)
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: CUDA when available",
+    )
+    runtime.add_argument(
         "--runtime",
         choices=["torch", "onnxruntime"],
         default="torch",
         help="onnxruntime: run the --onnx file exported from this checkpoint instead",
     )
-    parser.add_argument("--onnx", type=Path, help="exported ONNX file (with --runtime onnxruntime)")
-    parser.add_argument(
+    runtime.add_argument(
+        "--onnx", type=Path, metavar="FILE", help="exported ONNX file (with --runtime onnxruntime)"
+    )
+    runtime.add_argument(
         "--precision",
         choices=list(PRECISIONS),
         default="fp32",
         help="torch runtime: bf16 is much faster on CPUs with AMX/AVX512-BF16, at some accuracy",
     )
-    parser.add_argument(
+    runtime.add_argument(
         "--compile",
         action="store_true",
         help="torch runtime: torch.compile the model (slow first call; faster after)",
     )
+
+
+def inference_flags() -> list[Flag]:
+    """The ``eval`` section's flags but the validation batch size."""
+    return [f for f in config_flags() if f.key.startswith("eval.") and f.key != "eval.batch_size"]
+
+
+def config_flag(key: str) -> Flag:
+    """The flag of config key ``key`` (``"data.root"`` -> ``--data-root``)."""
+    return next(flag for flag in config_flags() if flag.key == key)
+
+
+def inference_config(
+    args: argparse.Namespace, checkpoint: dict[str, Any], flags: list[Flag] | None = None
+) -> Config:
+    """The checkpoint's run configuration with the given inference flags (and ``flags``)
+    applied, and the sliding window defaulted to the training crop size."""
+    config = Config.from_dict(checkpoint.get("config", {}))
+    config.update(given_values(args, inference_flags() + (flags or [])))
+    return with_eval_defaults(config)
 
 
 def runtime_model(args: argparse.Namespace, model: torch.nn.Module) -> Any:

@@ -12,8 +12,14 @@ import json
 from pathlib import Path
 
 from segkit.checkpoint import load_checkpoint, load_model
-from segkit.cli.common import add_inference_arguments, runtime_model
-from segkit.config import Config
+from segkit.cli.common import (
+    Flag,
+    add_config_flag,
+    add_inference_arguments,
+    config_flag,
+    inference_config,
+    runtime_model,
+)
 from segkit.engine.data import build_val_dataset, make_loader
 from segkit.engine.evaluate import evaluate
 from segkit.engine.runtime import resolve_device
@@ -22,34 +28,21 @@ from segkit.engine.runtime import resolve_device
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``segkit eval``'s flags."""
     add_inference_arguments(parser)
-    parser.add_argument("--dataset", help="evaluate on another dataset than the checkpoint's")
-    parser.add_argument("--data-root")
-    parser.add_argument("--split", help="split to evaluate (default: the run's val split)")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="write the metrics as JSON to this file")
+    data = parser.add_argument_group("data (not given: the checkpoint's run)")
+    for flag in _data_flags():
+        add_config_flag(data, flag)
+    data.add_argument("--split", help="split to evaluate (none: the run's validation split)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics here")
 
 
-def run_config(args: argparse.Namespace, checkpoint: dict) -> Config:
-    """The checkpoint's run configuration with the inference flags applied."""
-    config = Config.from_dict(checkpoint.get("config", {}))
-    overrides = {
-        "eval.mode": args.mode,
-        "eval.window": args.window,
-        "eval.stride": args.stride,
-        "eval.scales": args.scales,
-        "eval.flip": args.flip,
-    }
-    for key in ("dataset", "data_root", "workers"):
-        value = getattr(args, key, None)
-        overrides[f"data.{'root' if key == 'data_root' else key}"] = value
-    config.update({k: v for k, v in overrides.items() if v is not None})
-    return config
+def _data_flags() -> list[Flag]:
+    return [config_flag(key) for key in ("data.dataset", "data.root", "data.workers")]
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the per-class table and summary; write ``--json``."""
     checkpoint = load_checkpoint(args.checkpoint)
-    config = run_config(args, checkpoint)
+    config = inference_config(args, checkpoint, _data_flags())
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)
     runner = runtime_model(args, model)

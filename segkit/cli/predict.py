@@ -35,9 +35,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segkit.checkpoint import load_model
-from segkit.cli.common import add_inference_arguments, runtime_model
-from segkit.config import EvalConfig
+from segkit.checkpoint import load_checkpoint, load_model
+from segkit.cli.common import add_inference_arguments, inference_config, runtime_model
 from segkit.datasets import colorize, read_image
 from segkit.datasets.io import IMAGE_SUFFIXES
 from segkit.engine.evaluate import inference_options
@@ -57,11 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--overlay",
+        action="store_true",
+        help="also write <name>_overlay.png: the class colours blended over the image",
+    )
+    parser.add_argument(
+        "--overlay-alpha",
         type=float,
-        nargs="?",
-        const=0.5,
-        metavar="ALPHA",
-        help="also write <name>_overlay.png blending colours over the image (default 0.5)",
+        default=0.5,
+        metavar="A",
+        help="opacity of the colours in the overlay, 0-1",
     )
 
 
@@ -240,18 +243,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must be a folder; {out} is a file")
     inputs = collect_inputs(args.inputs, out)
     root = Path(os.path.commonpath(inputs.folders)) if inputs.folders else Path.cwd()
-    jobs = plan_outputs(inputs.files, root, out, args.overlay is not None)
+    jobs = plan_outputs(inputs.files, root, out, args.overlay)
     check_outputs(jobs, out)
 
+    if not 0 <= args.overlay_alpha <= 1:
+        raise ValueError(f"--overlay-alpha must be between 0 and 1, got {args.overlay_alpha}")
     device = resolve_device(args.device)
+    config = inference_config(args, load_checkpoint(args.checkpoint))
     model = load_model(args.checkpoint, device=device)
     meta = model.meta
     runner = runtime_model(args, model)
-    eval_config = EvalConfig(mode=args.mode or "whole", window=args.window, stride=args.stride)
-    if args.scales:
-        eval_config.scales = [float(s) for s in args.scales.split(",")]
-    eval_config.flip = bool(args.flip)
-    options = inference_options(eval_config)
+    options = inference_options(config.eval)
     mean = torch.tensor(meta["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(meta["std"], device=device).view(1, 3, 1, 1)
     palette = [tuple(c) for c in meta["palette"]]
@@ -268,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
                 image = read_image(job.source)
                 x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255
                 mask = predict_mask(runner, (x - mean) / std, **options)[0].to(torch.uint8).cpu()
-                write_outputs(job, image, mask, palette, args.overlay)
+                write_outputs(job, image, mask, palette, args.overlay_alpha)
             except Exception as err:  # any failure: one bad file must not stop the others
                 failed = f"{job.source}: {reason(err)}"
             else:

@@ -9,8 +9,11 @@ Under ``torchrun --nproc_per_node N -m segkit train ...`` it runs DistributedDat
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
+
+import yaml
 
 from segkit.checkpoint import load_checkpoint
 from segkit.cli.common import add_config_flag, config_flags, given_values
@@ -20,6 +23,7 @@ from segkit.config import (
     SHAPES_RECIPE,
     Config,
     parse_set,
+    with_eval_defaults,
 )
 
 GROUP_TITLES = {
@@ -140,11 +144,31 @@ def _run_config(work_dir: str | None) -> Config:
     return Config.from_dict(stored)
 
 
+def printed_config(config: Config) -> str:
+    """The configuration as YAML, with what can be decided without reading data decided: the
+    backbone LR multiplier and the sliding window (the work dir's name, ``--epochs`` and
+    ``auto`` class weights are decided when the run starts, and written to its config.yaml)."""
+    from segkit.engine.optim import resolve_backbone_lr_mult
+
+    shown = copy.deepcopy(config)
+    pretrained = bool(config.model.pretrained_backbone or config.train.init_from)
+    shown.train.backbone_lr_mult = resolve_backbone_lr_mult(config.train, pretrained)
+    return yaml.safe_dump(shown.to_dict(), sort_keys=False)
+
+
 def run(args: argparse.Namespace) -> int:
     """Train; exit status 0 when done or stopped on purpose, 128+signal after SIGINT/SIGTERM."""
     from segkit.engine.train import TrainingDivergedError, train
 
-    config = config_from_args(args)
+    config = with_eval_defaults(config_from_args(args))
+    if args.print_config:
+        print(printed_config(config), end="")
+        return 0
+    if args.dry_run:
+        from segkit.engine.dry_run import dry_run
+
+        print("\n".join(dry_run(config)))
+        return 0
     try:
         record = train(config)
     except TrainingDivergedError as err:

@@ -111,7 +111,7 @@ class FolderDataset(SegmentationDataset):
         if names is None and num_classes is None:
             raise ValueError(
                 "dataset 'folder' needs the classes: num_classes=N (--num-classes), class_names, "
-                "or palette_file (--palette FILE: class name -> RGB)"
+                "or palette_file (--palette-file FILE: class name -> RGB)"
             )
         if names is None:
             names = [f"class_{i}" for i in range(int(num_classes))]
@@ -185,8 +185,8 @@ class FolderDataset(SegmentationDataset):
                 path,
                 f"mask '{path}' is a colour (RGB) image, but no palette file gives the class "
                 "colours",
-                hint="Fix: pass palette_file (--palette FILE, YAML/JSON class name -> [r, g, b]) "
-                "or save masks as index PNGs (mode L or P)",
+                hint="Fix: pass --palette-file FILE (YAML/JSON class name -> [r, g, b]) or save "
+                "masks as index PNGs (mode L or P)",
             )
         mask = colors_to_index(rgb, self._color_palette, self.ignore_index)
         unknown = mask == self.ignore_index

@@ -157,7 +157,7 @@ def read_mask(path: str | Path) -> np.ndarray:
             f"mask '{path}' is a colour (RGB) image, but an index mask (mode L or P, one class "
             "index per pixel) is expected",
             hint="Fix: for the folder dataset give the class colours with a palette file "
-            "(--palette FILE), or convert the masks; `segkit doctor` checks them all",
+            "(--palette-file FILE), or convert the masks; `segkit doctor` checks them all",
         )
     return array
 

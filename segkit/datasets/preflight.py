@@ -201,7 +201,7 @@ def doctor_command(dataset: SegmentationDataset) -> str:
         args += ["--year", str(dataset.year)]
     if isinstance(dataset, FolderDataset):
         if dataset.palette_file is not None:
-            args += ["--palette", str(dataset.palette_file)]
+            args += ["--palette-file", str(dataset.palette_file)]
         else:
             args += ["--num-classes", str(dataset.num_classes)]
         if dataset.binary_255:

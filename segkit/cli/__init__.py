@@ -19,11 +19,11 @@ COMMANDS = ("train", "eval", "predict", "export", "bench", "models", "doctor")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions keep their line breaks; each option's help ends with its default.
+    """Descriptions keep their line breaks; every option's help names its default.
 
-    The default is appended as ``(default: X)`` unless the help text already names one or
-    there is none to name (``None``, ``False``, an empty list): such help says what happens
-    when the option is not given.
+    ``(default: X)`` is appended unless the help text already says it (``default``, or
+    ``(none: ...)`` for what happens when the option is not given); ``None`` and an empty list
+    show as ``none``, switches as ``on``/``off``.
     """
 
     def __init__(self, prog: str) -> None:
@@ -31,17 +31,26 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        default = action.default
         if (
             not action.option_strings
+            or action.required
+            or action.default is argparse.SUPPRESS
             or "default" in text
-            or default is None
-            or default is False
-            or default == []
-            or default is argparse.SUPPRESS
+            or "(none:" in text
         ):
             return text
-        return f"{text} (default: %(default)s)"
+        return f"{text} (default: {show_default(action.default)})".replace("%", "%%")
+
+
+def show_default(value: object) -> str:
+    """A default as help text shows it: ``none``, ``on``/``off``, ``a,b`` for a list."""
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:

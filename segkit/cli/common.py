@@ -65,12 +65,19 @@ def config_flags() -> list[Flag]:
 
 
 def add_config_flag(
-    group: argparse._ActionsContainer, flag: Flag, recipe: dict[str, Any] | None = None
+    group: argparse._ActionsContainer,
+    flag: Flag,
+    recipe: dict[str, Any] | None = None,
+    *,
+    default: str | None = None,
 ) -> None:
     """Add ``flag`` to ``group``: default ``None`` (not given, so it never hides a recipe's
-    value), help text with the field's default and, if other, the ``recipe``'s value."""
+    value), help text with the field's default and, if other, the ``recipe``'s value; or with
+    ``default`` as the text of the default (``"the run's"``)."""
     shown = _ABSENT if recipe is None else _recipe_value(recipe, flag.key)
     help_text = _help(flag, shown)
+    if default is not None:
+        help_text = f"{flag.field.metadata['help']} (default: {default})"
     if _is_bool(flag.hint):
         group.add_argument(
             flag.flag,
@@ -163,12 +170,9 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a segkit checkpoint (RUN/checkpoints/best.pt)",
     )
-    group = parser.add_argument_group(
-        "inference protocol (flags not given: the run's validation protocol; --mode slide "
-        "without --window slides the run's training crop size)"
-    )
+    group = parser.add_argument_group("inference protocol (default: the run's validation protocol)")
     for flag in inference_flags():
-        add_config_flag(group, flag)
+        add_config_flag(group, flag, default="the run's")
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument(
         "--device",

@@ -28,9 +28,9 @@ from segkit.engine.runtime import resolve_device
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``segkit eval``'s flags."""
     add_inference_arguments(parser)
-    data = parser.add_argument_group("data (not given: the checkpoint's run)")
+    data = parser.add_argument_group("data (default: the checkpoint's run)")
     for flag in _data_flags():
-        add_config_flag(data, flag)
+        add_config_flag(data, flag, default="the run's")
     data.add_argument("--split", help="split to evaluate (none: the run's validation split)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics here")
 

@@ -21,15 +21,26 @@ Row = tuple[str, str, int, bool]  # model, backbone, output stride, JPU
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the flags of ``segkit models``."""
-    parser.add_argument("--model", action="append", choices=list_models(), help="repeatable")
     parser.add_argument(
-        "--backbone", action="append", help=f"repeatable; {list_backbones()} or timm:<name>"
+        "--model",
+        action="append",
+        choices=list_models(),
+        help="a model to list, repeatable (none: every model)",
     )
     parser.add_argument(
-        "--output-stride", type=int, action="append", help="repeatable (default 16 and 8)"
+        "--backbone",
+        action="append",
+        help=f"a backbone to list, repeatable: {', '.join(list_backbones())} or timm:<name> "
+        "(none: every named backbone)",
+    )
+    parser.add_argument(
+        "--output-stride",
+        type=int,
+        action="append",
+        help="an output stride to list, repeatable (none: 16 and 8; HRNetV2 is always 4)",
     )
     parser.add_argument("--size", type=int, default=512, help="square input side for GFLOPs")
-    parser.add_argument("--num-classes", type=int, default=21)
+    parser.add_argument("--num-classes", type=int, default=21, help="classes of the classifier")
     parser.add_argument(
         "--smoke",
         action="store_true",

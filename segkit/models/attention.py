@@ -39,18 +39,18 @@ class PolarizedSelfAttention(nn.Module):
 
     Output: ``x * gate_ch + x * gate_sp`` (the two branches summed).
 
-    How this differs from the seed's code (notes 001, itself the official ``PSA_p``):
+    How this differs from the official ``PSA_p`` code that road-extraction variants copy:
 
-    - Spatial branch: the seed applies the softmax to the product ``q @ v`` over the H*W
+    - Spatial branch: that code applies the softmax to the product ``q @ v`` over the H*W
       positions and then a sigmoid. Softmax values are about ``1 / (H*W)``, so the sigmoid
       gives ~0.5 everywhere: the spatial gate is nearly constant and carries almost no spatial
       information. The paper applies the softmax to the pooled query over its C/2 channels and
       only the sigmoid to the product, which is what is implemented here.
-    - Spatial branch: the seed turns the pooled ``N x C/2 x 1`` query into ``N x 1 x C/2`` with
+    - Spatial branch: that code turns the pooled ``N x C/2 x 1`` query into ``N x 1 x C/2`` with
       ``reshape`` where a transpose is meant. Because the pooled axis has size 1 both give the
       same numbers, but only by accident; here it is an explicit transpose.
     - Channel branch: the paper normalises ``Wz``'s output with a LayerNorm over the C channels
-      before the sigmoid; the seed omits it. It is included here.
+      before the sigmoid; that code omits it. It is included here.
 
     Args:
         channels: C, channels of the input (at least 2).

@@ -169,6 +169,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def model_spec(model: nn.Module) -> dict[str, Any]:
+    """The checkpoint entries that describe ``model``, written from what it carries: ``model``
+    (its build arguments, ``model.config``) and ``meta`` (what its outputs mean,
+    ``model.meta``). :func:`load_model` rebuilds the model from them."""
+    return {"model": dict(model.config), "meta": dict(model.meta)}
+
+
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (eval mode).
 

@@ -20,6 +20,7 @@ from segkit.cli.common import config_flags
 from segkit.config import Config, DataConfig, ModelConfig
 from segkit.datasets import DATASETS, dataset_options
 from segkit.models import MODELS, head_options
+from segkit.models.heads.encnet import Encoding
 from segkit.options import component_options
 
 
@@ -129,7 +130,8 @@ def test_head_options_reach_the_built_model() -> None:
     with torch.device("meta"):
         model = build_model(config, 3)
     assert model.config["num_codes"] == 16 and model.config["channels"] == 64
-    assert model.classifier.encoding.codewords.shape[0] == 16
+    (encoding,) = [m for m in model.modules() if isinstance(m, Encoding)]
+    assert encoding.codewords.shape[0] == 16
     dropouts = [m.p for m in model.classifier.modules() if isinstance(m, torch.nn.Dropout2d)]
     assert dropouts == [0.3]
 
@@ -152,6 +154,16 @@ def test_a_new_component_option_is_read_from_its_signature() -> None:
 
     with pytest.raises(TypeError, match="widen"):
         component_options(undocumented, "toy")
+
+
+def test_switching_the_recipes_model_leaves_out_its_head_options(capsys) -> None:
+    config = _resolve("--model", "fcn")  # the shapes recipe sets DeepLabV3+ head widths
+    assert config.model.aspp_channels is None and config.model.decoder_channels is None
+    assert "aspp_channels, decoder_channels (for deeplabv3plus) do not apply to fcn" in (
+        capsys.readouterr().err
+    )
+    kept = _resolve("--model", "fcn", "--aspp-channels", "64")  # given: kept, and refused later
+    assert kept.model.aspp_channels == 64
 
 
 def test_print_config_prints_the_resolved_configuration(capsys) -> None:

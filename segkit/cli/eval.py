@@ -20,9 +20,10 @@ from segkit.cli.common import (
     inference_config,
     runtime_model,
 )
+from segkit.config import Config
 from segkit.engine.data import build_val_dataset, make_loader
+from segkit.engine.device import resolve_device
 from segkit.engine.evaluate import evaluate
-from segkit.engine.runtime import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics here")
 
 
+def run_config(args: argparse.Namespace, checkpoint: dict) -> Config:
+    """The checkpoint's run configuration with the given inference and data flags applied."""
+    return inference_config(args, checkpoint, _data_flags())
+
+
 def _data_flags() -> list[Flag]:
     return [config_flag(key) for key in ("data.dataset", "data.root", "data.workers")]
 
@@ -42,7 +48,7 @@ def _data_flags() -> list[Flag]:
 def run(args: argparse.Namespace) -> int:
     """Print the per-class table and summary; write ``--json``."""
     checkpoint = load_checkpoint(args.checkpoint)
-    config = inference_config(args, checkpoint, _data_flags())
+    config = run_config(args, checkpoint)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)
     runner = runtime_model(args, model)

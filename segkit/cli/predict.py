@@ -39,9 +39,9 @@ from segkit.checkpoint import load_checkpoint, load_model
 from segkit.cli.common import add_inference_arguments, inference_config, runtime_model
 from segkit.datasets import colorize, read_image
 from segkit.datasets.io import IMAGE_SUFFIXES
+from segkit.engine.device import resolve_device
 from segkit.engine.evaluate import inference_options
 from segkit.engine.inference import predict_mask
-from segkit.engine.runtime import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from segkit.config import (
     OPTIMIZERS,
     SHAPES_RECIPE,
     Config,
+    component_values,
     parse_set,
     with_eval_defaults,
 )
@@ -110,10 +111,35 @@ def config_from_args(args: argparse.Namespace) -> Config:
         config = Config.load(SHAPES_RECIPE)  # `segkit train` with no recipe
     else:
         config = Config()
-    config.update(given_values(args, config_flags()))
-    config.update(parse_set(args.set))
+    recipe_model = config.model.name
+    given = given_values(args, config_flags()) | parse_set(args.set)
+    config.update(given)
+    if config.model.name != recipe_model:
+        _drop_foreign_head_options(config, recipe_model, set(given))
     config.train.resume, config.train.overwrite = resume, overwrite
     return config
+
+
+def _drop_foreign_head_options(config: Config, recipe_model: str, given: set[str]) -> None:
+    """Switching the recipe's model (``--model fcn`` over the shapes recipe's DeepLabV3+) leaves
+    out the recipe's head options the new model does not take, saying so; options given on the
+    command line are kept, and ``create_model`` names them if they do not apply."""
+    from segkit.models import head_options
+
+    valid = head_options(config.model.name)
+    dropped = [
+        name
+        for name in component_values(config.model)
+        if name not in valid and f"model.{name}" not in given
+    ]
+    for name in dropped:
+        setattr(config.model, name, None)
+    if dropped:
+        print(
+            f"note: the recipe's {', '.join(dropped)} (for {recipe_model}) do not apply to "
+            f"{config.model.name}; left out",
+            file=sys.stderr,
+        )
 
 
 def _run_config(work_dir: str | None) -> Config:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from segkit.config import Config
+from segkit.config import Config, component_values
 from segkit.datasets import (
     Problem,
     SampleError,
@@ -33,18 +33,6 @@ from segkit.datasets import (
     build_dataset,
     build_eval_transforms,
     build_train_transforms,
-)
-
-DATASET_OPTION_FIELDS = (
-    "year",
-    "num_classes",
-    "class_names",
-    "palette_file",
-    "binary_255",
-    "nodata_ignore",
-    "seed",
-    "length",
-    "image_size",
 )
 
 
@@ -243,12 +231,19 @@ def build_val_dataset(config: Config, split: str | None = None) -> SegmentationD
 
 
 def _dataset_options(config: Config) -> dict[str, Any]:
+    """The dataset's own options that are set (see :mod:`segkit.options`)."""
     data = config.data
-    options = {name: getattr(data, name) for name in DATASET_OPTION_FIELDS}
-    options = {k: v for k, v in options.items() if v is not None}
+    options = component_values(data)
     if data.skip_bad_samples:
         options["skip_bad_samples"] = True
     return options
+
+
+def batches_per_epoch(size: int, *, batch_size: int, world: int = 1) -> int:
+    """Training batches each process draws per epoch of ``size`` samples: every process gets
+    ``size // world`` positions and the incomplete last batch is dropped (as :func:`make_loader`
+    does)."""
+    return (size // world) // batch_size
 
 
 def make_loader(

@@ -8,10 +8,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from segkit.config import TrainConfig
-
-OPTIMIZERS = ("sgd", "adamw")
-LR_POLICIES = ("poly", "step", "cosine")
+from segkit.config import LR_POLICIES, OPTIMIZERS, TrainConfig
 
 
 def resolve_backbone_lr_mult(train: TrainConfig, pretrained: bool) -> float:
@@ -25,7 +22,8 @@ def resolve_backbone_lr_mult(train: TrainConfig, pretrained: bool) -> float:
 def build_optimizer(
     model: nn.Module, train: TrainConfig, backbone_lr_mult: float
 ) -> torch.optim.Optimizer:
-    """SGD (Nesterov off, as the seeds) or AdamW over two groups: backbone and the rest."""
+    """SGD (Nesterov off, as DeepLabV3Plus-Pytorch and PyTorch-Encoding) or AdamW over two
+    groups: backbone and the rest."""
     backbone = [p for p in model.backbone.parameters()]
     backbone_ids = {id(p) for p in backbone}
     rest = [p for p in model.parameters() if id(p) not in backbone_ids]

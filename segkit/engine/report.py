@@ -1,4 +1,5 @@
-"""What a run writes besides checkpoints: metrics.jsonl, TensorBoard events, PNG plots."""
+"""What a run writes besides checkpoints: config.yaml, metrics.jsonl, TensorBoard events, PNG
+plots."""
 
 from __future__ import annotations
 
@@ -16,8 +17,22 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from segkit.datasets import colorize, denormalize
+from segkit.config import Config
+from segkit.datasets import SegmentationDataset, colorize, denormalize
 from segkit.engine.run_folder import read_metrics
+
+
+def start_reporting(
+    config: Config, train_set: SegmentationDataset, *, resume_at: int | None
+) -> RunReporter:
+    """Write the resolved config.yaml into the run folder and open its metrics writers."""
+    work_dir = Path(config.work_dir)
+    (work_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    config.save(work_dir / "config.yaml")
+    data = config.data
+    return RunReporter(
+        work_dir, train_set.class_names, train_set.palette, data.mean, data.std, resume_at=resume_at
+    )
 
 
 class RunReporter:

@@ -12,6 +12,8 @@
 - A resume may change how the run goes on (learning rate, length, intervals, device, data
   location, evaluation protocol), never what the checkpoint's weights and optimiser state were
   made with (model, data, loss, optimiser, batch size, seed): :func:`check_resume_changes`.
+- Without ``--work-dir`` a run gets a new folder, ``runs/<dataset>_<model>_<backbone>_<time>``:
+  :func:`default_work_dir`.
 """
 
 from __future__ import annotations
@@ -25,17 +27,20 @@ import socket
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from segkit.checkpoint import remove_stale_temporaries
-from segkit.config import flatten
+from segkit.config import Config, flatten
+from segkit.engine.run_log import logger
 from segkit.files import default_file_mode
 
 LOCK_NAME = ".segkit.lock"
 # What `segkit train` writes into a run folder; their presence means "a run lives here".
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "checkpoints", "tensorboard", "plots")
-RUN_OUTPUTS = (*RUN_ENTRIES, "bad_samples.txt")
+# train.log is not a sign of a run: a run that failed its checks before training leaves one.
+RUN_OUTPUTS = (*RUN_ENTRIES, "bad_samples.txt", "train.log")
 # Settings a resume may change (fnmatch patterns over dotted config keys).
 RESUME_MAY_CHANGE = (
     "work_dir",
@@ -59,6 +64,23 @@ RESUME_MAY_CHANGE = (
 
 class RunFolderError(ValueError):
     """The run folder is in use, holds another run, or cannot be resumed as asked."""
+
+
+def default_work_dir(config: Config) -> Path:
+    """``runs/<dataset>_<model>_<backbone>_<time>``, suffixed ``_2``, ``_3``... if it exists."""
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    name = f"{config.data.dataset}_{config.model.name}_{config.model.backbone}_{stamp}"
+    base = Path("runs") / name.replace(":", "-").replace("/", "-")
+    folder, number = base, 1
+    while folder.exists():
+        number += 1
+        folder = base.with_name(f"{base.name}_{number}")
+    return folder
+
+
+def work_dir_for(config: Config) -> Path:
+    """The folder a run of ``config`` writes: ``work_dir``, else a new default one."""
+    return Path(config.work_dir) if config.work_dir else default_work_dir(config)
 
 
 class RunLock:
@@ -129,13 +151,12 @@ def claim(folder: Path, *, resume: bool, overwrite: bool) -> RunLock:
                 )
             for name in RUN_OUTPUTS:
                 _remove(folder / name)
-            print(f"--overwrite: removed the previous run's files from {folder}", flush=True)
+            logger.info(f"--overwrite: removed the previous run's files from {folder}")
         removed = remove_stale_temporaries(folder / "checkpoints")
         if removed:
-            print(
+            logger.info(
                 f"removed {len(removed)} temporary file(s) of an interrupted save in "
-                f"{folder / 'checkpoints'}",
-                flush=True,
+                f"{folder / 'checkpoints'}"
             )
     except BaseException:
         lock.release()
@@ -179,7 +200,7 @@ def read_metrics(path: Path, *, warn: bool = True) -> list[dict[str, Any]]:
                 raise ValueError("not a metrics record")
         except ValueError:
             if warn:
-                print(f"warning: {path}:{number}: dropped a torn line", file=sys.stderr)
+                logger.warning(f"{path}:{number}: dropped a torn line")
             continue
         records.append(record)
     return records

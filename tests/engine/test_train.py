@@ -18,6 +18,8 @@ from segkit.cli import eval as eval_cli
 from segkit.cli import main
 from segkit.config import Config
 from segkit.deploy.optimize import InferenceModel
+from segkit.engine.build import resolve_config
+from segkit.engine.dry_run import dry_run
 from segkit.engine.train import Trainer
 from segkit.models import create_model
 
@@ -277,3 +279,48 @@ def test_eval_protocols_and_predict_glob(tmp_path) -> None:
     out = tmp_path / "globbed"
     assert main(["predict", "--checkpoint", ckpt, str(tmp_path / "x*.png"), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["x1.png", "x2.png"]
+
+
+def _tiny_config(**values: object) -> Config:
+    config = Config()
+    config.update({
+        "model.name": "deeplabv3plus", "model.backbone": "mobilenet_v2", "model.aux": True,
+        "data.dataset": "shapes", "data.length": 16, "data.val_length": 8,
+        "data.image_size": 48, "data.crop_size": 40, "data.workers": 0,
+        "train.batch_size": 4, "train.device": "cpu", **values,
+    })  # fmt: skip
+    return config
+
+
+def test_resolve_config_fills_in_the_run_on_a_copy() -> None:
+    config = _tiny_config(**{"train.epochs": 3, "train.class_weights": "auto"})
+    before = config.to_dict()
+    resolved = resolve_config(
+        config, work_dir=Path("runs/x"), train_size=19, class_weights=[0.5, 2.0], world=2
+    )
+    assert config.to_dict() == before  # the input is left as it was
+    assert resolved.work_dir == "runs/x"
+    assert resolved.train.iters == 3 * ((19 // 2) // 4)  # each process draws 9 samples/epoch
+    assert resolved.train.backbone_lr_mult == 1.0  # trained from scratch: the full rate
+    assert resolved.train.class_weights == [0.5, 2.0]
+    config.update({"model.pretrained_backbone": "weights/x.pth", "train.epochs": None})
+    again = resolve_config(config, work_dir=Path("w"), train_size=19, class_weights=[1.0])
+    assert again.train.backbone_lr_mult == 0.1 and again.train.iters == config.train.iters
+    with pytest.raises(ValueError, match="class_weights='auto' needs the resolved weights"):
+        resolve_config(config, work_dir=Path("w"), train_size=19, class_weights=None)
+
+
+def test_dry_run_reports_without_writing(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default run folder would be runs/... here
+    lines = dry_run(_tiny_config(**{"train.epochs": 2}))
+    report = "\n".join(lines)
+    assert list(tmp_path.iterdir()) == []  # no run folder, no lock
+    assert "16 training samples" in report and "8 validation samples" in report
+    assert "recipe:   8 iterations (2 epochs of 4)" in report
+    total = sum(p.numel() for p in create_model(
+        "deeplabv3plus", backbone="mobilenet_v2", num_classes=6, aux=True).parameters()
+    )  # fmt: skip
+    assert f"{total:,} parameters ({total:,} trainable)" in report
+    assert "first batch: images (4, 3, 40, 40) float32, masks (4, 40, 40) int64" in report
+    assert "model outputs for 2 image(s) (eval mode): out (2, 6, 40, 40) float32" in report
+    assert "work dir: runs/shapes_deeplabv3plus_mobilenet_v2_" in report

@@ -11,7 +11,7 @@ from PIL import Image
 
 from segkit.checkpoint import load_checkpoint
 from segkit.cli import main
-from segkit.engine import train as train_module
+from segkit.engine import build as train_module
 
 
 def _folder(root: Path, *, count: int = 6, foreground: int = 1) -> Path:

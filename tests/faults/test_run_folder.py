@@ -15,7 +15,7 @@ import pytest
 from faultkit import read_jsonl, train
 
 from segkit.checkpoint import load_checkpoint
-from segkit.engine import runtime
+from segkit.engine import run_folder as runtime
 from segkit.engine.run_folder import RunLock, reconcile_metrics
 
 

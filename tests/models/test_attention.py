@@ -87,18 +87,18 @@ def test_psa_matches_the_papers_equations() -> None:
 
 
 def test_psa_spatial_gate_varies_over_positions() -> None:
-    # The seed's softmax-over-positions-then-sigmoid squashes the gate to ~0.5 everywhere
+    # A softmax over the positions followed by a sigmoid squashes the gate to ~0.5 everywhere
     # (sigmoid of values near 1/(H*W)); the published form must produce a real spatial map.
     psa = _block("psa", 32)
     x = torch.randn(2, 32, 16, 16)
     gate = psa.spatial_gate(x)
     assert gate.shape == (2, 1, 16, 16)
     assert gate.amax() - gate.amin() > 0.2
-    # The seed's order with the same weights: softmax over the positions, then sigmoid.
+    # That wrong order with the same weights: softmax over the positions, then sigmoid.
     query = psa.spatial_query(x).mean((2, 3)).unsqueeze(1)
     logits = torch.bmm(query, psa.spatial_value(x).flatten(2))
-    seed_gate = torch.sigmoid(logits.softmax(dim=-1))
-    assert seed_gate.amax() - seed_gate.amin() < (gate.amax() - gate.amin()) / 10
+    squashed_gate = torch.sigmoid(logits.softmax(dim=-1))
+    assert squashed_gate.amax() - squashed_gate.amin() < (gate.amax() - gate.amin()) / 10
 
 
 def test_build_attention_choices_and_errors() -> None:
@@ -131,7 +131,7 @@ def test_heads_without_attention_keep_torchvision_names() -> None:
 )
 @pytest.mark.parametrize("kind", KINDS)
 def test_attention_option_in_models(
-    name: str, channels: int | None, expected: int, kind: str
+    name: str, channels: int | None, expected: int, kind: str, check_outputs
 ) -> None:
     torch.manual_seed(0)
     model = segkit.create_model(name, backbone="mobilenet_v2", num_classes=3, attention=kind)
@@ -144,8 +144,8 @@ def test_attention_option_in_models(
         assert sorted(widths) == [48, 256]
     else:
         assert next(blocks[0].parameters()).shape[1] == channels
-    out = model.train()(torch.randn(2, 3, 33, 47))["out"]
-    assert out.shape == (2, 3, 33, 47)
-    out.square().mean().backward()
+    out = model.train()(torch.randn(2, 3, 33, 47))
+    check_outputs(out, (2, 3, 33, 47))
+    out["out"].square().mean().backward()
     for param in blocks[0].parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0

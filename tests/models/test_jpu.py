@@ -35,7 +35,7 @@ def test_jpu_module_replaces_c4_by_stride_8_features() -> None:
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
-def test_fcn_with_jpu_on_resnet50_at_output_stride_32() -> None:
+def test_fcn_with_jpu_on_resnet50_at_output_stride_32(check_outputs) -> None:
     model = segkit.create_model("fcn", backbone="resnet50", num_classes=3, jpu=True)
     assert model.config["output_stride"] == 32 and model.config["jpu"] is True
     assert model.backbone.output_stride == 32
@@ -46,10 +46,10 @@ def test_fcn_with_jpu_on_resnet50_at_output_stride_32() -> None:
     with torch.no_grad():
         backbone_maps = model.backbone.eval()(x)
         neck_maps = model.neck.eval()(backbone_maps)
-        out = model.eval()(x)["out"]
+        out = model.eval()(x)
     assert backbone_maps[-1].shape[-2:] == (3, 4)  # stride 32
     assert neck_maps[-1].shape == (2, 2048, 9, 13)  # stride 8, 4 x 512 channels
-    assert out.shape == (2, 3, 65, 97)
+    check_outputs(out, (2, 3, 65, 97))
     rebuilt = segkit.create_model(**model.config)
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
 
@@ -68,25 +68,24 @@ def test_jpu_costs_fewer_flops_than_dilated_output_stride_8(name: str) -> None:
     assert _flops(fast) < 0.8 * _flops(dilated)
 
 
-def test_deeplabv3_fastfcn_style_with_aux() -> None:
+def test_deeplabv3_fastfcn_style_with_aux(check_outputs) -> None:
     model = segkit.create_model("deeplabv3", backbone="resnet50", num_classes=3, jpu=True, aux=True)
     aspp = model.classifier[0]
     # JPU's map is at stride 8, so the default ASPP rates are the stride-8 ones.
     assert [aspp.convs[i][0].dilation[0] for i in (1, 2, 3)] == [12, 24, 36]
     assert model.aux_classifier[0].in_channels == 1024  # c3, passed through by the neck
     out = model.train()(torch.randn(2, 3, 40, 48))
-    assert set(out) == {"out", "aux"}
-    assert out["out"].shape == out["aux"].shape == (2, 3, 40, 48)
+    check_outputs(out, (2, 3, 40, 48), aux=True)
     sum(v.square().mean() for v in out.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert not missing, missing[:5]
 
 
-def test_jpu_on_mobilenet_uses_backbone_channels() -> None:
+def test_jpu_on_mobilenet_uses_backbone_channels(check_outputs) -> None:
     model = segkit.create_model("fcn", backbone="mobilenet_v2", num_classes=3, jpu=True)
     assert [conv[0].in_channels for conv in model.neck.convs] == [32, 96, 320]
     assert model.classifier[0].in_channels == 2048
-    assert model.train()(torch.randn(2, 3, 48, 40))["out"].shape == (2, 3, 48, 40)
+    check_outputs(model.train()(torch.randn(2, 3, 48, 40)), (2, 3, 48, 40))
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 
 import numpy as np
@@ -18,15 +19,6 @@ import segkit
 from segkit.models.backbones import build_backbone
 
 
-def _randomize_bn_stats(model: torch.nn.Module) -> None:
-    """Non-trivial running statistics, so that eval-mode parity really tests BN wiring."""
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-
-
 def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4) -> None:
     scale = expected.abs().max().clamp_min(1e-12)
     assert (actual - expected).abs().max() / scale < rel
@@ -34,11 +26,11 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-
 
 @pytest.mark.parametrize("depth", ["resnet50", "resnet101"])
 @pytest.mark.parametrize("stride", [8, 16, 32])
-def test_resnet_features_equal_torchvision(depth: str, stride: int) -> None:
+def test_resnet_features_equal_torchvision(depth: str, stride: int, randomize_bn) -> None:
     torch.manual_seed(0)
     dilate = [False, stride <= 8, stride <= 16]
     reference = getattr(torchvision.models, depth)(replace_stride_with_dilation=dilate)
-    _randomize_bn_stats(reference)
+    randomize_bn(reference, seed=1)  # non-trivial statistics: eval-mode parity tests BN wiring
     ours = build_backbone(depth, output_stride=stride)
     report = segkit.load_weights(ours, reference.state_dict())
     assert report.missing == [] and report.mismatched == []
@@ -65,11 +57,11 @@ def test_resnet_features_equal_torchvision(depth: str, stride: int) -> None:
     ],
 )
 def test_torchvision_segmentation_state_dicts_load_with_equal_outputs(
-    builder, name: str, depth: str
+    builder, name: str, depth: str, randomize_bn
 ) -> None:
     torch.manual_seed(0)
     reference = builder(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
-    _randomize_bn_stats(reference)
+    randomize_bn(reference, seed=1)  # non-trivial statistics: eval-mode parity tests BN wiring
     ours = segkit.create_model(name, backbone=depth, num_classes=21, output_stride=8, aux=True)
     report = segkit.load_weights(ours, reference.state_dict(), strict=True)
     assert len(report.loaded) == len(reference.state_dict())
@@ -88,19 +80,23 @@ def test_torchvision_segmentation_state_dicts_load_with_equal_outputs(
     _assert_close(ours_train["out"], reference_train["out"])
 
 
-def test_mobilenet_v2_torchvision_file_matches_every_backbone_tensor(tmp_path) -> None:
+def test_mobilenet_v2_torchvision_file_matches_every_backbone_tensor(
+    tmp_path, randomize_bn, caplog
+) -> None:
     reference = torchvision.models.mobilenet_v2()
-    _randomize_bn_stats(reference)
+    randomize_bn(reference, seed=1)  # non-trivial statistics: eval-mode parity tests BN wiring
     path = tmp_path / "mobilenet_v2-b0353104.pth"
     torch.save(reference.state_dict(), path)
-    model = segkit.create_model(
-        "deeplabv3plus",
-        backbone="mobilenet_v2",
-        num_classes=3,
-        output_stride=32,
-        pretrained_backbone=str(path),
-    )
-    (report,) = model.load_reports
+    with caplog.at_level(logging.INFO, logger="segkit.models"):
+        model = segkit.create_model(
+            "deeplabv3plus",
+            backbone="mobilenet_v2",
+            num_classes=3,
+            output_stride=32,
+            pretrained_backbone=str(path),
+        )
+    # create_model logs the load report of the pretrained backbone.
+    (report,) = [r.args[0] for r in caplog.records if r.name == "segkit.models"]
     assert report.missing == [] and report.mismatched == []
     assert len(report.loaded) == len(model.backbone.state_dict())
     x = torch.randn(1, 3, 97, 131)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
+from torch import Tensor
 
 import segkit
 from segkit.models.backbones import HRNETS
@@ -18,7 +21,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "backbone", "stride"), CASES)
-def test_output_contract_and_gradients(name: str, backbone: str, stride: int) -> None:
+def test_output_contract_and_gradients(
+    name: str, backbone: str, stride: int, check_outputs, randomize_bn
+) -> None:
     torch.manual_seed(0)
     model = segkit.create_model(
         name, backbone=backbone, num_classes=3, output_stride=stride, aux=True
@@ -26,16 +31,11 @@ def test_output_contract_and_gradients(name: str, backbone: str, stride: int) ->
     assert model.config["output_stride"] == stride
     # Some timm bodies zero-initialise the last BN of each block (zero_init_last), which
     # blocks gradients at initialisation only; random BN scales test the wiring instead.
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+    randomize_bn(model, affine=True)
     x = torch.randn(2, 3, 97, 131)
 
     out = model.train()(x)
-    assert {"out", "aux"} <= set(out)
-    for key in ("out", "aux"):
-        assert out[key].shape == (2, 3, 97, 131), key
-        assert torch.isfinite(out[key]).all(), key
+    check_outputs(out, (2, 3, 97, 131), aux=True)
     loss = sum(v.float().pow(2).mean() for v in out.values())
     loss.backward()
     no_grad = [
@@ -47,9 +47,60 @@ def test_output_contract_and_gradients(name: str, backbone: str, stride: int) ->
 
     with torch.no_grad():
         out = model.eval()(x)
-    assert set(out) == {"out"}
-    assert out["out"].shape == (2, 3, 97, 131)
-    assert torch.isfinite(out["out"]).all()
+    check_outputs(out, (2, 3, 97, 131))
+
+
+# Broken versions of a good train-mode output with aux and se; the checker rejects each.
+PLANTED: dict[str, Callable[[dict[str, Tensor]], dict[str, Tensor]]] = {
+    "missing aux": lambda out: {"out": out["out"]},
+    "missing se": lambda out: {"out": out["out"], "aux": out["aux"]},
+    "extra key": lambda out: {**out, "features": out["out"]},
+    "se per pixel": lambda out: {**out, "se": out["out"]},
+    "aux at feature size": lambda out: {**out, "aux": out["aux"][..., ::8, ::8]},
+    "wrong class count": lambda out: {**out, "out": out["out"][:, :2]},
+    "NaN pixel": lambda out: {**out, "out": out["out"].index_fill(2, torch.tensor([3]), torch.nan)},
+    "integer logits": lambda out: {**out, "out": out["out"].long()},
+}
+
+
+@pytest.mark.parametrize("fault", PLANTED)
+def test_output_checker_catches_planted_faults(fault: str, check_outputs) -> None:
+    good = {"out": torch.randn(2, 3, 17, 19), "aux": torch.randn(2, 3, 17, 19)}
+    good["se"] = torch.randn(2, 3)
+    check_outputs(good, (2, 3, 17, 19), aux=True, se=True)
+    with pytest.raises(AssertionError):
+        check_outputs(PLANTED[fault](good), (2, 3, 17, 19), aux=True, se=True)
+
+
+def test_batchnorm_randomiser_is_reproducible_and_touches_only_batchnorm(randomize_bn) -> None:
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return segkit.create_model("encnet", backbone="mobilenet_v2", num_classes=3, se_loss=True)
+
+    fresh = build()
+    rng = torch.random.get_rng_state()
+    stats, again = randomize_bn(build(), seed=3), randomize_bn(build(), seed=3)
+    affine = randomize_bn(build(), seed=3, affine=True)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # own generator, global RNG untouched
+    bns = {
+        n
+        for n, m in fresh.named_modules()
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))
+    }
+    assert any(isinstance(fresh.get_submodule(n), torch.nn.BatchNorm1d) for n in bns)
+    before = fresh.state_dict()
+    for model in (stats, again, affine):
+        for key, value in model.state_dict().items():
+            owner, _, field = key.rpartition(".")
+            randomized = owner in bns and (
+                field in ("running_mean", "running_var")
+                or (model is affine and field in ("weight", "bias"))
+            )
+            assert torch.equal(value, before[key]) != randomized, key
+            if randomized and field in ("running_var", "weight"):
+                assert value.min() >= 0.5 and value.max() < 1.5, key
+    for key, value in stats.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key  # same seed, same state
 
 
 def test_backbone_reductions_match_feature_sizes() -> None:

@@ -124,8 +124,8 @@ class DeepLabV3PlusHead(nn.Module):
     ASPP output is upsampled to its size and concatenated, two 3x3 convs of
     ``decoder_channels`` refine the result and a 1x1 conv classifies (logits at stride 4).
 
-    ``attention`` (the road-extraction variant, e.g. for Massachusetts Roads) adds one attention block after ASPP and
-    one on the projected low-level features, both before the concatenation.
+    ``attention`` (the road-extraction variant, e.g. for Massachusetts Roads) adds one attention
+    block after ASPP and one on the projected low-level features, both before the concatenation.
     """
 
     def __init__(

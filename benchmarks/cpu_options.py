@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,12 +24,9 @@ import torch
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 import segkit
-from segkit.deploy.bench import eager_runner, ort_runner
+from segkit.deploy.bench import eager_runner, interleaved_medians, ort_runner
 from segkit.deploy.onnx import export
 from segkit.deploy.optimize import fast_bf16_cpu, fold_batchnorm
-
-sys.path.insert(0, str(Path(__file__).parent))
-from peers import rounds
 
 MODELS = {
     "r50": ("DeepLabV3+ ResNet-50 OS16 (separable)", "resnet50"),
@@ -111,7 +107,7 @@ def main() -> int:
         model = segkit.create_model(
             "deeplabv3plus", backbone=backbone, num_classes=21, output_stride=16, separable=True
         ).eval()
-        seconds = rounds(candidates(model, args), args.rounds, args.warmup)
+        seconds = interleaved_medians(candidates(model, args), args.rounds, args.warmup)
         base = seconds["eval model"]
         print(f"\n## {title}, 512x512, batch 1, {torch.get_num_threads()} threads")
         print(f"| {'option':<24} | {'ms':>7} | {'x eval':>6} |")

@@ -18,7 +18,9 @@ loss), in fp32 and with ``--amp`` (bfloat16 autocast on the CPU).
 
 All candidates of a row are timed in interleaved rounds, so load from other processes hits
 them alike; the table gives medians, ratios against the peer, and GFLOP/s as a share of the
-float32 matrix-multiply rate measured in the same run.
+float32 ceiling measured before and after the row (``segkit.deploy.bench.fp32_ceiling``: the
+better of a matrix multiply and a channels-last convolution); a candidate whose rounds disagree
+by more than ``MAX_SPREAD`` gets a warning under the table.
 
     pip install -e .[bench]
     .venv/bin/python benchmarks/peers.py [--threads 2] [--rounds 7]
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,11 +42,15 @@ import torchvision
 import segkit
 from segkit.config import Config
 from segkit.deploy.bench import (
+    Ceiling,
     eager_runner,
     forward_gflops,
+    fp32_ceiling,
     interleaved_medians,
-    matmul_gflops,
+    interleaved_rounds,
     onnx_runner,
+    pooled,
+    spread_warnings,
 )
 from segkit.deploy.optimize import cpp_compiler, fast_bf16_cpu
 from segkit.engine.train import Trainer
@@ -72,25 +79,31 @@ def inference_row(
         fast_bf16 = segkit.optimize_for_inference(ours, precision="bf16")
         runners["segkit fast bf16"] = lambda: fast_bf16(x)
     runners["segkit ORT int8"] = onnx_runner(ours, x, threads, int8=True)
-    ceiling = matmul_gflops(threads)
-    seconds = interleaved_medians(runners, args.rounds, args.warmup)
-    ceiling = (ceiling + matmul_gflops(threads)) / 2  # before and after: the machine drifts
+    before = fp32_ceiling()
+    times = interleaved_rounds(runners, args.rounds, args.rounds, args.warmup)
+    after = fp32_ceiling()  # before and after: the machine drifts
+    ceiling = Ceiling((before.matmul + after.matmul) / 2, (before.conv + after.conv) / 2)
+    seconds = {name: statistics.median(pooled(rounds)) for name, rounds in times.items()}
     work = {f"{peer_name} eager": forward_gflops(peer, x)}
     ours_gflops = forward_gflops(ours, x)
     print(f"\n## {title}, {SIZE}x{SIZE}, batch 1")
     print(
         f"GFLOPs per image: {peer_name} {work[f'{peer_name} eager']:.1f}, segkit "
-        f"{ours_gflops:.1f}; fp32 matmul rate {ceiling:.0f} GFLOP/s"
+        f"{ours_gflops:.1f}; {ceiling}"
     )
-    print(f"| {'path':<20} | {'ms':>7} | {'x peer':>6} | {'GFLOP/s':>7} | {'of fp32 matmul':>14} |")
-    print(f"|{'-' * 22}|{'-' * 8}:|{'-' * 7}:|{'-' * 8}:|{'-' * 15}:|")
+    print(
+        f"| {'path':<20} | {'ms':>7} | {'x peer':>6} | {'GFLOP/s':>7} | {'of fp32 ceiling':>15} |"
+    )
+    print(f"|{'-' * 22}|{'-' * 8}:|{'-' * 7}:|{'-' * 8}:|{'-' * 16}:|")
     reference = seconds[f"{peer_name} eager"]
     for name, value in seconds.items():
         rate = work.get(name, ours_gflops) / value
         print(
             f"| {name:<20} | {value * 1e3:>7.1f} | {reference / value:>6.2f} | {rate:>7.0f} "
-            f"| {rate / ceiling:>14.0%} |"
+            f"| {rate / ceiling.rate:>15.0%} |"
         )
+    for line in spread_warnings(times, flag="--rounds"):
+        print(line)
 
 
 def smp_row(title: str, backbone: str, args) -> None:

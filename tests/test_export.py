@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 
@@ -10,13 +11,17 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from onnx import TensorProto, helper
 from PIL import Image
 
 import segkit
 from segkit.cli import main
-from segkit.deploy.onnx import ExportError, export
+from segkit.cli.export import static_size
+from segkit.deploy.onnx import META_KEY, SUFFIXES, ExportError, export, resolve_format
+from segkit.deploy.ort import input_name, ort_session
 
 export_module = importlib.import_module("segkit.deploy.onnx")  # the function shadows the module
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,7 @@ def test_onnx_export_with_dynamic_size_matches_pytorch(checkpoint, tmp_path, cap
     assert main(["export", "--checkpoint", checkpoint, "--out", str(out)]) == 0
     assert "max rel diff" in capsys.readouterr().out
     model = segkit.load_model(checkpoint)
-    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    session = ort_session(out)
     x = torch.randn(3, 3, 71, 45)  # another batch and size than any used during export
     (logits,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
@@ -64,7 +69,7 @@ def test_onnx_export_with_dynamic_size_matches_pytorch(checkpoint, tmp_path, cap
 def test_argmax_and_torchscript(checkpoint, tmp_path) -> None:
     model = segkit.load_model(checkpoint)
     report = export(model, tmp_path / "m.onnx", argmax=True, static=(64, 64))
-    session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    session = ort_session(report.path)
     x = torch.randn(1, 3, 64, 64)
     (classes,) = session.run(None, {"image": x.numpy()})
     assert classes.dtype == np.int64 and classes.shape == (1, 64, 64)
@@ -84,15 +89,14 @@ def test_failed_check_leaves_no_file(checkpoint, tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(export_module, "_run_onnx", off_by_one_percent)
     with pytest.raises(ExportError, match="differs from PyTorch"):
-        export(model, out)
+        export(model, out, static=(64, 64))  # the size does not matter to a planted fault
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="Unknown export format 'tflite'"):
         export(model, out, format="tflite")
 
 
 def _onnx_logits(path, x: torch.Tensor) -> np.ndarray:
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"image": x.numpy()})[0]
+    return ort_session(path).run(None, {"image": x.numpy()})[0]
 
 
 def _signal_model() -> torch.nn.Module:
@@ -110,7 +114,10 @@ def test_int8_export_is_quantised_close_and_checked(tmp_path) -> None:
     model = _signal_model()
     generator = torch.Generator().manual_seed(0)
     images = [torch.randn(1, 3, 64, 64, generator=generator) for _ in range(8)]
-    report = export(model, tmp_path / "q.onnx", int8=True, calibration=images, min_agreement=0)
+    # Fixed at the images' size: a smaller graph to export, quantise and check (dynamic-size
+    # int8 is the CLI test's).
+    int8 = {"int8": True, "static": (64, 64)}
+    report = export(model, tmp_path / "q.onnx", **int8, calibration=images, min_agreement=0)
     assert report.int8_images == 2 and report.int8_agreement > 0.9
     graph = onnx.load(str(report.path)).graph
     assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}
@@ -133,10 +140,10 @@ def test_int8_export_is_quantised_close_and_checked(tmp_path) -> None:
     assert error < 0.25
     # Planted fault: ranges calibrated on images 50x too bright quantise real ones coarsely.
     too_bright = [image * 50 for image in images[:6]] + images[6:]
-    bad = export(model, tmp_path / "bad.onnx", int8=True, calibration=too_bright, min_agreement=0)
+    bad = export(model, tmp_path / "bad.onnx", **int8, calibration=too_bright, min_agreement=0)
     assert rms_error(bad.path) > 1.5 * error
     with pytest.raises(ExportError, match="PyTorch's class on only"):
-        export(model, tmp_path / "strict.onnx", int8=True, calibration=images, min_agreement=1.01)
+        export(model, tmp_path / "strict.onnx", **int8, calibration=images, min_agreement=1.01)
     assert not (tmp_path / "strict.onnx").exists()
     with pytest.raises(ValueError, match="needs calibration images"):
         export(model, tmp_path / "none.onnx", int8=True)
@@ -168,3 +175,82 @@ def test_unexportable_operator_is_named(tmp_path) -> None:
     with pytest.raises(ExportError, match=r"No ONNX function found for .*bessel_i1"):
         export(Bessel(), tmp_path / "bessel.onnx", static=(8, 8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_format_follows_the_file_name() -> None:
+    for suffix, format in SUFFIXES.items():
+        assert resolve_format(f"model{suffix}") == format
+        assert resolve_format(f"MODEL{suffix.upper()}") == format
+        assert resolve_format(f"model{suffix}", format) == format  # agreeing: allowed
+    assert resolve_format("model.int8.onnx") == "onnx"
+    assert resolve_format("model.bin", "torchscript") == "torchscript"  # an override
+    with pytest.raises(ValueError, match=r"--format onnx contradicts --out m\.pt.*m\.onnx"):
+        resolve_format("m.pt", "onnx")
+    with pytest.raises(ValueError, match=r"--format torchscript contradicts --out m\.onnx"):
+        resolve_format("m.onnx", "torchscript")
+    with pytest.raises(ValueError, match="cannot tell the export format") as error:
+        resolve_format("model.bin")
+    assert all(suffix in str(error.value) for suffix in SUFFIXES)
+    with pytest.raises(ValueError, match="Unknown export format 'tflite'"):
+        resolve_format("model.onnx", "tflite")
+
+
+def test_static_takes_one_side_or_two() -> None:
+    assert static_size("512") == (512, 512)
+    assert static_size("512x1024") == (512, 1024)
+    assert static_size("48X64") == (48, 64)
+    for bad in ("0", "512x", "x512", "ax4", "1x2x3", "-8", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a side such as 512"):
+            static_size(bad)
+
+
+def test_cli_infers_torchscript_from_the_suffix(checkpoint, tmp_path, capsys) -> None:
+    out = tmp_path / "model.pth"
+    assert main(["export", "--checkpoint", checkpoint, "--out", str(out), "--static", "48"]) == 0
+    assert "(torchscript)" in capsys.readouterr().out
+    files = {META_KEY: ""}
+    module = torch.jit.load(str(out), _extra_files=files)
+    assert json.loads(files[META_KEY])["input"]["shape"] == ["N", 3, 48, 48]
+    model = segkit.load_model(checkpoint)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), model(x)["out"], rtol=1e-4, atol=1e-5)
+
+
+def test_cli_refuses_a_contradicting_or_unknown_suffix(checkpoint, tmp_path, capsys) -> None:
+    argv = ["export", "--checkpoint", checkpoint, "--format", "onnx", "--out"]
+    assert main([*argv, str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "--format onnx contradicts --out" in err and "m.pt" in err
+    assert main(["export", "--checkpoint", checkpoint, "--out", str(tmp_path / "m.bin")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot tell the export format" in err and all(s in err for s in SUFFIXES)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _onnx_file(path, inputs: tuple[str, ...] = ("image",)) -> None:
+    node = helper.make_node("Identity" if len(inputs) == 1 else "Add", list(inputs), ["output"])
+    value = [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, 8, 8]) for name in inputs
+    ]
+    output = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])
+    onnx.save(helper.make_model(helper.make_graph([node], "g", value, [output])), str(path))
+
+
+def test_ort_session_settings_and_input_name(tmp_path) -> None:
+    path = tmp_path / "identity.onnx"
+    _onnx_file(path)
+    session = ort_session(path)
+    options = session.get_session_options()
+    assert options.intra_op_num_threads == torch.get_num_threads()  # PyTorch's by default
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.graph_optimization_level != onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort_session(path, threads=1, optimise=False).get_session_options()
+    assert plain.intra_op_num_threads == 1
+    assert plain.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert input_name(session) == input_name(path) == "image"
+    two = tmp_path / "two.onnx"
+    _onnx_file(two, ("a", "b"))
+    for source in (two, ort_session(two)):
+        with pytest.raises(ValueError, match=r"takes the inputs \['a', 'b'\], not one image"):
+            input_name(source)

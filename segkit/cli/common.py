@@ -234,7 +234,7 @@ def runtime_model(args: argparse.Namespace, model: torch.nn.Module) -> Any:
             "--precision and --compile apply to --runtime torch; an ONNX file runs as it was "
             "exported (see `segkit export --int8`)"
         )
-    from segkit.deploy.onnx import OnnxRuntimeModel
+    from segkit.deploy.ort import OnnxRuntimeModel
 
     runner = OnnxRuntimeModel(args.onnx)
     check_onnx_origin(runner.metadata, model, args)

@@ -1,8 +1,11 @@
 """Export a checkpoint to ONNX or TorchScript and verify it (``segkit export``).
 
+The format follows ``--out``'s suffix: ``.onnx`` is ONNX; ``.pt``, ``.pth`` and ``.torchscript``
+are TorchScript (``--format`` chooses for another suffix, and may not contradict a known one).
 The file maps a normalised image to logits (``--argmax``: to class indices), with dynamic batch
-and size unless ``--static HxW``. The written file is run on a random input and compared with
-PyTorch; above 1e-3 relative difference the command fails and removes the file.
+and size unless ``--static 512`` (or ``--static 512x1024``, height x width). The written file
+is run on a random input and compared with PyTorch; above ``--tolerance`` relative difference
+the command fails and removes the file.
 
 ``--int8`` quantises the checked file (ONNX Runtime static quantisation), calibrated on
 ``--calibration-images`` images drawn from the checkpoint's dataset (``--data-root`` and
@@ -23,32 +26,88 @@ import torch
 
 from segkit.checkpoint import load_checkpoint, load_model
 from segkit.config import Config
-from segkit.deploy.onnx import FORMATS, ExportError, check_output_path, export
+from segkit.deploy.onnx import (
+    FORMATS,
+    SUFFIXES,
+    ExportError,
+    check_output_path,
+    export,
+    resolve_format,
+)
 from segkit.deploy.quantize import CALIBRATION_METHODS
 from segkit.engine.data import build_val_dataset
 
 
-def _size(text: str) -> tuple[int, int]:
+def static_size(text: str) -> tuple[int, int]:
+    """``--static``'s value: ``512`` (square) or ``HxW`` such as ``512x1024``, as ``(H, W)``.
+
+    Raises:
+        argparse.ArgumentTypeError: not one or two positive integers.
+    """
     try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 512x1024, got {text!r}") from err
-    return height, width
+        sides = [int(side) for side in text.lower().split("x")]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides, default=0) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a side such as 512 or HxW such as 512x1024 (positive integers), got {text!r}"
+        )
+    return (sides[0], sides[-1])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``segkit export``'s flags."""
-    parser.add_argument("--checkpoint", required=True, help="a segkit checkpoint")
-    parser.add_argument("--format", choices=FORMATS, default="onnx")
-    parser.add_argument("--out", type=Path, required=True, help="file to write")
-    parser.add_argument("--argmax", action="store_true", help="output class indices")
-    parser.add_argument("--static", type=_size, metavar="HxW", help="fixed input size")
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="max relative difference")
+    suffixes = "; ".join(
+        f"{', '.join(s for s, f in SUFFIXES.items() if f == name)} -> {name}" for name in FORMATS
+    )
+    parser.add_argument("--checkpoint", required=True, help="the segkit checkpoint to export")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="file to write; its suffix gives the format (see --format)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help=f"the format, for an --out whose suffix names none (default: {suffixes})",
+    )
+    parser.add_argument(
+        "--argmax", action="store_true", help="output class indices instead of logits"
+    )
+    parser.add_argument(
+        "--static",
+        type=static_size,
+        metavar="SIZE",
+        help="fixed input size: 512 for 512x512, or HxW such as 512x1024 (default: any size)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-3,
+        help="fail when the file's outputs differ from PyTorch's by more than this (relative)",
+    )
     group = parser.add_argument_group("int8 quantisation (ONNX)")
     group.add_argument("--int8", action="store_true", help="quantise weights and activations")
-    group.add_argument("--calibration-images", type=int, default=32, metavar="N")
-    group.add_argument("--calibration-split", default="train", metavar="SPLIT")
-    group.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax")
+    group.add_argument(
+        "--calibration-images",
+        type=int,
+        default=32,
+        metavar="N",
+        help="dataset images to calibrate on; a quarter of them is held out to check",
+    )
+    group.add_argument(
+        "--calibration-split",
+        default="train",
+        metavar="SPLIT",
+        help="dataset split they are drawn from",
+    )
+    group.add_argument(
+        "--calibration-method",
+        choices=CALIBRATION_METHODS,
+        default="minmax",
+        help="how activation ranges are estimated",
+    )
     group.add_argument("--data-root", help="dataset root (default: the checkpoint's)")
     group.add_argument(
         "--min-agreement",
@@ -72,13 +131,15 @@ def calibration_images(args: argparse.Namespace) -> list[torch.Tensor]:
 
 def run(args: argparse.Namespace) -> int:
     """Export and verify; exit status 1 (and no file) when the check fails."""
-    check_output_path(args.out, args.format)  # before minutes of export, not after
+    # Mistakes in --out and --format are reported before the model is loaded, not after.
+    check_output_path(args.out, args.format or "onnx")
+    format = resolve_format(args.out, args.format)
     model = load_model(args.checkpoint)
     try:
         report = export(
             model,
             args.out,
-            format=args.format,
+            format=format,
             argmax=args.argmax,
             static=args.static,
             tolerance=args.tolerance,

@@ -1,11 +1,14 @@
 """Export a segmenter to ONNX or TorchScript, then run the file and check it against PyTorch.
 
-The exported graph takes a normalised ``N x 3 x H x W`` float image and returns the logits
-``N x C x H x W`` (or, with ``argmax=True``, the ``N x H x W`` int64 class map). The batch
-is dynamic; so is the spatial size unless ``static=(H, W)``. After writing, the file is run
-(ONNX Runtime for ONNX, ``torch.jit.load`` for TorchScript) on a random input of another size
-than the one used for export, and the export fails, leaving no file behind, when the relative
-difference to PyTorch exceeds ``tolerance``.
+The format follows the file name (:data:`SUFFIXES`: ``.onnx`` is ONNX; ``.pt``, ``.pth`` and
+``.torchscript`` are TorchScript) unless ``format`` is given. The exported graph takes a
+normalised ``N x 3 x H x W`` float image and returns the logits ``N x C x H x W`` (or, with
+``argmax=True``, the ``N x H x W`` int64 class map). The batch is dynamic; so is the spatial
+size unless ``static=(H, W)``. After writing, the file is run (ONNX Runtime for ONNX,
+``torch.jit.load`` for TorchScript) on a random batch of 2 at :data:`CHECK_SIZE`, another size
+than the :data:`EXAMPLE_SIZE` used for export (both odd, so padding and cropping take their
+uneven branches), and the export fails, leaving no file behind, when the relative difference
+to PyTorch exceeds ``tolerance``.
 
 The file records which weights it was exported from: ONNX ``metadata_props`` (TorchScript:
 extra files) hold ``segkit.weights_fingerprint`` (:func:`segkit.checkpoint.weights_fingerprint`
@@ -18,6 +21,9 @@ the checkpoint.
 (:mod:`segkit.deploy.quantize`), calibrated on ``calibration`` images; a quarter of them (at least
 one, when there are two or more) is held out to measure how often the int8 class maps agree
 with PyTorch's, and the export fails below ``min_agreement``.
+
+Every ONNX Runtime session of segkit (this check, ``--runtime onnxruntime``, ``segkit bench``)
+comes from :func:`ort_session`, and :func:`input_name` reads the name of the image input.
 """
 
 from __future__ import annotations
@@ -32,17 +38,33 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from segkit.deploy.optimize import fold_batchnorm
+from segkit.deploy.ort import input_name, ort_session
 from segkit.files import default_file_mode
 from segkit.models.layers import resize
 from segkit.weights import weights_fingerprint
 
+if TYPE_CHECKING:
+    pass
+
 FORMATS = ("onnx", "torchscript")
+#: File name suffix -> the format it implies (lower case; the first per format is its usual one).
+SUFFIXES = {
+    ".onnx": "onnx",
+    ".pt": "torchscript",
+    ".pth": "torchscript",
+    ".torchscript": "torchscript",
+}
+#: Height and width of the example a dynamic-size export is traced with.
+EXAMPLE_SIZE = (257, 321)
+#: Height and width of the batch-2 random input a dynamic-size file is checked on.
+CHECK_SIZE = (193, 259)
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 FINGERPRINT_KEY = "segkit.weights_fingerprint"
 META_KEY = "segkit.meta"
@@ -95,7 +117,7 @@ def export(
     model: nn.Module,
     path: str | os.PathLike,
     *,
-    format: str = "onnx",
+    format: str | None = None,
     argmax: bool = False,
     static: tuple[int, int] | None = None,
     tolerance: float = 1e-3,
@@ -107,30 +129,40 @@ def export(
     """Export ``model`` to ``path`` and verify the file (see the module docstring).
 
     Args:
+        model: a segmenter (``x -> {"out": logits, ...}``); it is copied, not modified.
+        path: the file to write; its suffix gives the format (:func:`resolve_format`).
+        format: ``"onnx"`` or ``"torchscript"``, for a file name without a known suffix.
+        argmax: output the ``N x H x W`` class map instead of the logits.
+        static: fixed ``(height, width)`` of the input; dynamic size when not given.
+        tolerance: largest relative difference to PyTorch the written file may show.
+        int8: quantise the checked ONNX file (weights and activations, ONNX Runtime).
         calibration: ``1 x 3 x H x W`` normalised images for ``int8`` (resized to ``static``
             when it is given).
+        calibration_method: ``minmax``, ``percentile`` or ``entropy`` (int8 only).
+        min_agreement: least share of held-out pixels the int8 model must classify as PyTorch.
+
+    Returns:
+        Where the file went and how far its outputs are from PyTorch's.
 
     Raises:
-        ValueError: unknown format, or int8 without ONNX or calibration images.
+        ValueError: unknown or contradicting format, or int8 without ONNX or calibration images.
         ExportError: the exporter failed (its message names the operator), the outputs of
             the file differ from PyTorch's by more than ``tolerance`` (relative), or the int8
             class maps agree with PyTorch's on fewer than ``min_agreement`` of the pixels.
     """
-    if format not in FORMATS:
-        raise ValueError(f"Unknown export format {format!r}; valid choices: {list(FORMATS)}")
+    path = Path(path)
+    check_output_path(path, format or "onnx")  # first: a folder has no suffix to go by
+    format = resolve_format(path, format)
     if int8 and format != "onnx":
-        raise ValueError("int8 quantisation is for ONNX exports (use --format onnx)")
+        raise ValueError("int8 quantisation is for ONNX exports (write a .onnx file)")
     if int8 and not calibration:
         raise ValueError("int8 quantisation needs calibration images; none were given")
-    path = Path(path)
-    check_output_path(path, format)
     identity = export_metadata(model, argmax=argmax, static=static)
     net = copy.deepcopy(model).cpu().eval()
     fold_batchnorm(net)
     wrapped = _Exported(net, argmax).eval()
-    size = static or (257, 321)
-    example = torch.randn(1, 3, *size)
-    check = torch.randn(2, 3, *(static or (193, 259)))  # batch 2: the batch stays dynamic
+    example = torch.randn(1, 3, *(static or EXAMPLE_SIZE))
+    check = torch.randn(2, 3, *(static or CHECK_SIZE))  # batch 2: the batch stays dynamic
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -139,20 +171,9 @@ def export(
         if format == "onnx":
             # metadata_props: the int8 quantiser copies them to its output.
             _to_onnx(wrapped, example, tmp, dynamic=static is None, metadata=identity)
-            (actual,) = _run_onnx(tmp, check)
         else:
             _to_torchscript(wrapped, example, tmp, identity)
-            with torch.no_grad():
-                actual = torch.jit.load(str(tmp))(check).numpy()
-        with torch.no_grad():
-            expected = wrapped(check).numpy()
-        report = _compare(path, format, actual, expected, argmax)
-        if report.max_rel_diff > tolerance:
-            raise ExportError(
-                f"the exported {format} model differs from PyTorch: max relative difference "
-                f"{report.max_rel_diff:.2e} > {tolerance:.0e} on an input of size "
-                f"{tuple(check.shape)}. Try --static HxW."
-            )
+        report = _check(wrapped, tmp, path, format, check, argmax, tolerance)
         if int8:
             _quantize(wrapped, tmp, report, calibration, static, calibration_method)
             if report.int8_agreement < min_agreement:
@@ -166,6 +187,65 @@ def export(
         return report
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def resolve_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """The export format for a file at ``path``: ``format`` when given, else its suffix's.
+
+    Raises:
+        ValueError: ``format`` is unknown, contradicts a known suffix of ``path``, or is not
+            given and the suffix is not one of :data:`SUFFIXES`.
+    """
+    path = Path(path)
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"Unknown export format {format!r}; valid choices: {list(FORMATS)}")
+    implied = SUFFIXES.get(path.suffix.lower())
+    if format is None:
+        if implied is None:
+            choices = ", ".join(f"{suffix} ({name})" for suffix, name in SUFFIXES.items())
+            raise ValueError(
+                f"cannot tell the export format from --out {path}: name a file ending in "
+                f"{choices}, or choose the format with --format"
+            )
+        return implied
+    if implied not in (None, format):
+        usual = next(suffix for suffix, name in SUFFIXES.items() if name == format)
+        raise ValueError(
+            f"--format {format} contradicts --out {path}, whose suffix {path.suffix} means "
+            f"{implied}; drop --format or write to {path.with_suffix(usual)}"
+        )
+    return format
+
+
+def _check(
+    wrapped: nn.Module,
+    tmp: Path,
+    path: Path,
+    format: str,
+    check: Tensor,
+    argmax: bool,
+    tolerance: float,
+) -> ExportReport:
+    """Run the written file ``tmp`` on ``check`` and compare it with PyTorch.
+
+    Raises:
+        ExportError: the relative difference exceeds ``tolerance``.
+    """
+    if format == "onnx":
+        (actual,) = _run_onnx(tmp, check)
+    else:
+        with torch.no_grad():
+            actual = torch.jit.load(str(tmp))(check).numpy()
+    with torch.no_grad():
+        expected = wrapped(check).numpy()
+    report = _compare(path, format, actual, expected, argmax)
+    if report.max_rel_diff > tolerance:
+        raise ExportError(
+            f"the exported {format} model differs from PyTorch: max relative difference "
+            f"{report.max_rel_diff:.2e} > {tolerance:.0e} on an input of size "
+            f"{tuple(check.shape)}. Try --static HxW."
+        )
+    return report
 
 
 def _quantize(
@@ -185,7 +265,7 @@ def _quantize(
     checks = images[len(images) - held_out :] or images
     quantized = path.with_name(path.name + ".int8")
     try:
-        quantize_int8(path, quantized, calibrate, method=method)
+        quantize_int8(path, quantized, calibrate, input_name=input_name(path), method=method)
         os.replace(quantized, path)
     finally:
         quantized.unlink(missing_ok=True)
@@ -290,10 +370,8 @@ def export_metadata(
 
 
 def _run_onnx(path: Path, *images: Tensor) -> list[np.ndarray]:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    session = ort_session(path)
+    name = input_name(session)
     return [session.run(None, {name: image.numpy()})[0] for image in images]
 
 
@@ -311,48 +389,3 @@ def _compare(
     diff = np.abs(actual.astype(np.float64) - expected)
     scale = max(float(np.abs(expected).max()), 1e-12)
     return ExportReport(path, format, float(diff.max()), float(diff.max()) / scale)
-
-
-class OnnxRuntimeModel:
-    """An exported ONNX file behind the segmenter call contract (``x -> {"out": logits}``), so
-    ``segkit eval`` and ``segkit predict`` measure the deployment runtime itself.
-
-    The file must output logits (exported without ``--argmax``). A file exported with
-    ``--static HxW`` takes only that size: use ``--mode slide --window HxW`` with it.
-    """
-
-    training = False
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        import onnxruntime
-
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"ONNX file not found: {path}")
-        try:
-            self.session = onnxruntime.InferenceSession(
-                str(path), providers=["CPUExecutionProvider"]
-            )
-        except Exception as err:  # onnxruntime's own error types: InvalidProtobuf, Fail, ...
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ValueError(
-                f"{path} is not an ONNX model ONNX Runtime can load ({reason[:200]}); give "
-                "--onnx the file written by `segkit export`"
-            ) from err
-        self.input_name = self.session.get_inputs()[0].name
-        #: ``metadata_props`` of the file (see :func:`export_metadata`).
-        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-
-    def __call__(self, x: Tensor) -> dict[str, Tensor]:
-        (out,) = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})
-        if out.ndim != 4:
-            raise ValueError(
-                f"the ONNX file returns shape {out.shape}, not N x C x H x W logits; export it "
-                "without --argmax to evaluate or predict with it"
-            )
-        return {"out": torch.from_numpy(out).to(x.device)}
-
-    def eval(self) -> OnnxRuntimeModel:
-        return self
-
-    def train(self, mode: bool = True) -> OnnxRuntimeModel:
-        return self

@@ -4,13 +4,12 @@
 convolution that feeds it (``torch.nn.utils.fusion.fuse_conv_bn_eval``), removes dropout, uses
 the ``channels_last`` memory format (faster convolutions with oneDNN and cuDNN) and runs under
 ``torch.inference_mode``; ``compile=True`` adds ``torch.compile`` (Inductor), opt-in because
-the first call compiles (8-25 s for the models here on a 2-core CPU, again for each new input
-size) and, on the CPU, needs a C++ compiler; it then ran 1.0-1.6x faster than the eager
-fast path on a 2-core CPU, most on MobileNetV2 (``benchmarks/README.md``).
+its first call compiles (again for each new input size) and, on the CPU, needs a C++ compiler;
+what it costs and gains over the eager fast path is measured in ``benchmarks/README.md``.
 
 ``precision="bf16"`` (or ``"fp16"`` on CUDA) runs the folded weights in half precision, an
 opt-in that trades accuracy for speed: on CPUs with AMX or AVX512-BF16 (Intel Sapphire Rapids
-and later, AMD Zen 4) oneDNN runs bfloat16 convolutions several times faster than float32.
+and later, AMD Zen 4) oneDNN runs bfloat16 convolutions natively, faster than float32.
 Inputs are cast on the way in and logits come back as float32. Measure its mIoU cost with
 ``segkit eval --precision bf16`` before deploying it (``benchmarks/README.md`` has numbers).
 """

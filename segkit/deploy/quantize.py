@@ -3,7 +3,7 @@
 Static quantisation in the QDQ format: weights int8 per output channel, activations uint8
 with ranges calibrated on real images (``onnxruntime.quantization.quantize_static``). uint8
 activations with int8 weights is the combination ONNX Runtime runs with VNNI/AMX integer
-instructions on x86; int8 activations measured about twice slower (``benchmarks/README.md``).
+instructions on x86; int8 activations ran slower (``benchmarks/README.md`` has the numbers).
 
 Quantisation changes the model's answers, so the caller measures how much: :func:`agreement`
 compares class maps with the float model on held-out images, and ``segkit eval --runtime
@@ -44,6 +44,7 @@ def quantize_int8(
     dst: str | os.PathLike,
     images: Sequence[Tensor],
     *,
+    input_name: str,
     method: str = "minmax",
 ) -> None:
     """Write an int8 (QDQ) copy of the float ONNX model ``src`` to ``dst``.
@@ -55,10 +56,15 @@ def quantize_int8(
         src: float ONNX model (from :func:`segkit.export`).
         dst: where to write the quantised model.
         images: calibration batches, ``N x 3 x H x W`` normalised like training images.
+        input_name: the name of ``src``'s image input (``image`` in :func:`segkit.export`'s
+            files; :func:`segkit.deploy.onnx.input_name` reads it from any file), asked for
+            rather than read here so that this module need not import the one calling it.
         method: activation range estimate: ``minmax``, ``percentile`` (99.999th) or
             ``entropy``.
+
+    Raises:
+        ValueError: an unknown ``method``, or no ``images``.
     """
-    import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -73,9 +79,6 @@ def quantize_int8(
         )
     if not images:
         raise ValueError("int8 quantisation needs calibration images; none were given")
-    graph = onnx.load(str(src), load_external_data=False).graph
-    initializers = {tensor.name for tensor in graph.initializer}
-    input_name = next(i.name for i in graph.input if i.name not in initializers)
     root = logging.getLogger()  # the quantiser logs its progress through the root logger
     level = root.level
     root.setLevel(logging.ERROR)

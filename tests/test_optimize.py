@@ -18,17 +18,6 @@ CASES = [
 ]
 
 
-def _random_statistics(model: nn.Module) -> None:
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
-
-
 OPTIONS = [
     ("deeplabv3plus", "mobilenet_v2", {"attention": "psa", "separable": True}),
     ("deeplabv3", "resnet50", {"jpu": True, "attention": "cbam"}),
@@ -38,13 +27,15 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize(("name", "backbone", "options"), [(m, b, {}) for m, b in CASES] + OPTIONS)
-def test_fast_path_matches_eval_model(name: str, backbone: str, options: dict) -> None:
+def test_fast_path_matches_eval_model(
+    name: str, backbone: str, options: dict, randomize_bn
+) -> None:
     torch.manual_seed(0)
     stride = 4 if backbone in HRNETS else (32 if options.get("jpu") else 16)
     model = segkit.create_model(
         name, backbone=backbone, num_classes=3, output_stride=stride, **options
     )
-    _random_statistics(model)
+    randomize_bn(model, affine=True)  # non-trivial BN: folding must carry the statistics
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fast = optimize_for_inference(model)
@@ -90,10 +81,10 @@ def test_precision_errors() -> None:
 
 
 @pytest.mark.skipif(cpp_compiler() is None, reason="torch.compile on the CPU needs g++/clang++")
-def test_compiled_fast_path_matches_eval_model() -> None:
+def test_compiled_fast_path_matches_eval_model(randomize_bn) -> None:
     torch.manual_seed(0)
     model = segkit.create_model("fcn", backbone="timm:resnet18", num_classes=3).eval()
-    _random_statistics(model)
+    randomize_bn(model, affine=True)
     compiled = optimize_for_inference(model, compile=True)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():

@@ -45,7 +45,7 @@ class Option:
         deeplabv3plus: width of the ASPP branches (default: 256)``."""
         values: dict[str, list[str]] = {}
         for owner, default in self.defaults.items():
-            values.setdefault(_show(default), []).append(owner)
+            values.setdefault(show_value(default), []).append(owner)
         if len(values) == 1:
             (shown,) = values
             default = f"default: {shown}"
@@ -161,7 +161,10 @@ def plain(text: str) -> str:
     return text.replace("``", "")
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as help text shows it: ``none``, ``on``/``off``, ``a,b`` for a list."""
+    if value is None or (isinstance(value, list | tuple) and not value):
+        return "none"
     if isinstance(value, list | tuple):
         return ",".join(str(v) for v in value)
     if isinstance(value, bool):

@@ -14,6 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from segkit.options import show_value
+
 # name -> module in this package, in the order ``segkit --help`` lists them.
 COMMANDS = ("train", "eval", "predict", "export", "bench", "models", "doctor")
 
@@ -39,18 +41,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             or "(none:" in text
         ):
             return text
-        return f"{text} (default: {show_default(action.default)})".replace("%", "%%")
-
-
-def show_default(value: object) -> str:
-    """A default as help text shows it: ``none``, ``on``/``off``, ``a,b`` for a list."""
-    if value is None or value == []:
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
+        return f"{text} (default: {show_value(action.default)})".replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:

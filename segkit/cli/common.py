@@ -22,6 +22,7 @@ import torch
 
 from segkit.config import Config, choices_of, with_eval_defaults
 from segkit.deploy.optimize import PRECISIONS, optimize_for_inference
+from segkit.options import show_value
 from segkit.weights import weights_fingerprint
 
 # Config sections in the order their flags are listed.
@@ -109,9 +110,9 @@ def _help(flag: Flag, recipe_value: Any) -> str:
     else:
         default = item.default
     if not item.metadata.get("component") and not (default is None and "(none:" in text):
-        text = f"{text} (default: {_show(default)})"
+        text = f"{text} (default: {show_value(default)})"
     if recipe_value is not _ABSENT and recipe_value != default:
-        text = f"{text.rstrip('.')}; shapes recipe: {_show(recipe_value)}"
+        text = f"{text.rstrip('.')}; shapes recipe: {show_value(recipe_value)}"
     return text.replace("%", "%%")
 
 
@@ -122,14 +123,6 @@ def _recipe_value(recipe: dict[str, Any], key: str) -> Any:
     section, _, name = key.rpartition(".")
     values = recipe.get(section, {}) if section else recipe
     return values.get(name, _ABSENT)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return "none" if value is None else str(value)
 
 
 def _is_bool(hint: Any) -> bool:

@@ -7,17 +7,12 @@ import logging
 import warnings
 from pathlib import Path
 
+from runkit import TINY
+
 from segkit.cli import main
 from segkit.engine.progress import TrainProgress, format_duration, is_terminal, progress_line
 from segkit.engine.run_log import FILE_ONLY, RunLogFile, console_output, logger
 from segkit.engine.train import Trainer
-
-TINY = [
-    "--model", "deeplabv3plus", "--backbone", "mobilenet_v2",
-    "--set", "data.length=16", "--set", "data.val_length=8", "--set", "data.image_size=48",
-    "--crop-size", "40",
-    "--batch-size", "4", "--workers", "0", "--set", "train.warmup_iters=0",
-]  # fmt: skip
 
 
 def _train(work: Path, *extra: str) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from runkit import TINY
 
 from segkit.checkpoint import load_checkpoint, load_model
 from segkit.cli import eval as eval_cli
@@ -22,13 +23,6 @@ from segkit.engine.build import resolve_config
 from segkit.engine.dry_run import dry_run
 from segkit.engine.train import Trainer
 from segkit.models import create_model
-
-TINY = [
-    "--model", "deeplabv3plus", "--backbone", "mobilenet_v2",
-    "--set", "data.length=16", "--set", "data.val_length=8", "--set", "data.image_size=48",
-    "--crop-size", "40",
-    "--batch-size", "4", "--workers", "0", "--set", "train.warmup_iters=0",
-]  # fmt: skip
 
 
 def _train(tmp_path: Path, name: str, *extra: str) -> tuple[int, Path]:

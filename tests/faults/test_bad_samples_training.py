@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faultkit import read_jsonl
 from PIL import Image
+from runkit import read_jsonl
 
 from segkit.checkpoint import load_checkpoint
 from segkit.cli import main

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from faultkit import train
+from runkit import train
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from faultkit import read_jsonl, train
+from runkit import read_jsonl, train
 
 from segkit.checkpoint import load_checkpoint
 from segkit.cli import train as train_cli

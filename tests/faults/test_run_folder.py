@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import read_jsonl, train
+from runkit import read_jsonl, train
 
 from segkit.checkpoint import load_checkpoint
 from segkit.engine import run_folder as runtime

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import read_jsonl, segkit_process, train
+from runkit import read_jsonl, segkit_process, train
 
 from segkit.checkpoint import load_checkpoint
 from segkit.datasets.shapes import ShapesDataset

@@ -1,4 +1,4 @@
-"""Helpers of the fault-injection tests: a tiny training run, a segkit subprocess."""
+"""Helpers shared by the test folders: the tiny training run (TINY, train), a segkit subprocess."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """segkit's own checkpoints: write atomically, read safely, rebuild the model they describe.
 
-A checkpoint is self-describing (``DESIGN.md``): the model's build spec, its weights and what
+A checkpoint is self-describing: the model's build spec, its weights and what
 its outputs mean. Reading goes through :mod:`segkit.weights` (``weights_only=True``).
 """
 

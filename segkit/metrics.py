@@ -2,7 +2,7 @@
 frequency-weighted IoU and per-class IoU.
 
 The keys returned by :meth:`SegmentationMetrics.compute` are the contract used by
-``segkit eval --json`` and ``metrics.jsonl`` (see DESIGN.md).
+``segkit eval --json`` and ``metrics.jsonl`` (README: "Train, evaluate, predict").
 """
 
 from __future__ import annotations

@@ -221,7 +221,7 @@ class SegmentationDataset(Dataset):
         top = int(mask.max())
         if top != self.ignore_index:
             return top
-        # Masks with an ignore border (VOC) land here: 10x faster than np.unique.
+        # Masks with an ignore border (VOC) land here: a masked max, cheaper than np.unique.
         return int(np.max(mask, where=mask != self.ignore_index, initial=0))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import segkit
-from segkit.cli import HelpFormatter, build_parser, main
+from segkit.cli import HelpFormatter, build_parser, main, one_line_warnings
 from segkit.cli import train as train_cli
 from segkit.cli.common import config_flags
 from segkit.config import Config, DataConfig, ModelConfig
@@ -173,3 +173,14 @@ def test_print_config_prints_the_resolved_configuration(capsys) -> None:
     assert config.train.lr == 0.05 and config.data.dataset == "shapes"
     assert config.eval.window == config.data.crop_size  # slide's default window
     assert config.train.backbone_lr_mult == 1.0  # no pretrained weights: full rate
+
+
+def test_warnings_are_one_line_without_source_location(capsys) -> None:
+    import warnings
+
+    before = warnings.showwarning
+    with one_line_warnings("eval"):
+        warnings.warn("first line\nsecond line", UserWarning, stacklevel=1)
+    err = capsys.readouterr().err
+    assert err == "segkit eval: warning: first line second line\n"
+    assert warnings.showwarning is before

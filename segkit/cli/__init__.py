@@ -9,11 +9,17 @@ flags into calls and prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import TextIO
 
+from tqdm import tqdm
+
+from segkit.engine.run_log import one_line as joined
 from segkit.options import show_value
 
 # name -> module in this package, in the order ``segkit --help`` lists them.
@@ -81,12 +87,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.run(args) or 0)
+        with one_line_warnings(args.command):
+            return int(args.run(args) or 0)
     except (ValueError, OSError) as err:  # OSError: missing files, full disks, read-only folders
         if os.environ.get("SEGKIT_DEBUG"):
             raise
         print(f"segkit {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Show Python warnings as one ``segkit COMMAND: warning: <message>`` line on stderr each,
+    without the source file and line Python adds (a training run shows its own, which also go
+    to train.log)."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        tqdm.write(f"segkit {command}: warning: {joined(message)}", file=sys.stderr)
+
+    previous = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def one_line(err: BaseException) -> str:

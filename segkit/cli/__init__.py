@@ -13,13 +13,11 @@ import contextlib
 import importlib
 import os
 import sys
-import warnings
-from collections.abc import Iterator, Sequence
-from typing import TextIO
+from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from segkit.engine.run_log import one_line as joined
+from segkit.engine.run_log import warnings_shown_by
 from segkit.options import show_value
 
 # name -> module in this package, in the order ``segkit --help`` lists them.
@@ -96,28 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-@contextlib.contextmanager
-def one_line_warnings(command: str) -> Iterator[None]:
+def one_line_warnings(command: str) -> contextlib.AbstractContextManager[None]:
     """Show Python warnings as one ``segkit COMMAND: warning: <message>`` line on stderr each,
     without the source file and line Python adds (a training run shows its own, which also go
     to train.log)."""
-
-    def show(
-        message: Warning | str,
-        category: type[Warning],
-        filename: str,
-        lineno: int,
-        file: TextIO | None = None,
-        line: str | None = None,
-    ) -> None:
-        tqdm.write(f"segkit {command}: warning: {joined(message)}", file=sys.stderr)
-
-    previous = warnings.showwarning
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = previous
+    return warnings_shown_by(
+        lambda text: tqdm.write(f"segkit {command}: warning: {text}", file=sys.stderr)
+    )
 
 
 def one_line(err: BaseException) -> str:

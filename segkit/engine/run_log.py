@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -69,16 +69,27 @@ def one_line(text: object) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
-def _show_warning(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: TextIO | None = None,
-    line: str | None = None,
-) -> None:
-    """``warnings.showwarning`` for a run: one ``warning:`` line, no source location."""
-    logger.warning(one_line(message))
+@contextlib.contextmanager
+def warnings_shown_by(show: Callable[[str], None]) -> Iterator[None]:
+    """Python warnings go to ``show`` as one line each (their message only, no source file and
+    line); ``warnings.showwarning`` is restored on exit."""
+
+    def show_warning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        show(one_line(message))
+
+    previous = warnings.showwarning
+    warnings.showwarning = show_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 @contextlib.contextmanager
@@ -95,15 +106,13 @@ def console_output() -> Iterator[None]:
         logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
     )
     level, propagate = logger.level, logger.propagate
-    show = warnings.showwarning
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    warnings.showwarning = _show_warning
     try:
-        yield
+        with warnings_shown_by(logger.warning):
+            yield
     finally:
-        warnings.showwarning = show
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate

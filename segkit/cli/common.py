@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from segkit.config import Config, choices_of, with_eval_defaults
+from segkit.config import Config, with_eval_defaults
 from segkit.deploy.optimize import PRECISIONS, optimize_for_inference
 from segkit.options import show_value
+from segkit.values import choices_of
 from segkit.weights import weights_fingerprint
 
 # Config sections in the order their flags are listed.

@@ -13,12 +13,13 @@ import collections.abc
 import inspect
 import os
 import re
-import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from segkit.values import type_options
 
 _ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
 _ARG_LINE = re.compile(r"^(\s*)(\*{0,2}\w+)(?:\s*\([^)]*\))?:\s*(.*)$")
@@ -132,7 +133,7 @@ def merge_options(groups: Iterable[dict[str, Option]]) -> dict[str, Option]:
 def config_type(hint: Any) -> Any:
     """The type a configuration value of ``hint`` is stored as: paths become ``str``,
     sequences and tuples ``list``; ``None`` is always allowed (it means "the default")."""
-    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    options = type_options(hint)
     converted: list[Any] = []
     for option in options:
         origin = typing.get_origin(option)
@@ -149,10 +150,6 @@ def config_type(hint: Any) -> Any:
     for option in converted[1:]:
         result = result | option
     return result
-
-
-def _is_union(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
 def plain(text: str) -> str:

@@ -19,7 +19,7 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     Text (from a flag or ``--set``) is taken as is for string fields and read as YAML
     otherwise, so ``0.01``, ``[1, 2, 4]``, ``1,2,4``, ``true`` and ``null`` all work.
     """
-    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    options = type_options(hint)
     if isinstance(value, str) and value.strip() in ("null", "~", ""):
         value = None
     if value is None:
@@ -121,8 +121,10 @@ def check_limits(value: Any, limits: dict[str, Any], key: str) -> None:
         raise ValueError(f"{key}={value!r}: {'; '.join(problems)}")
 
 
-def _is_union(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+def type_options(hint: Any) -> tuple[Any, ...]:
+    """The types a hint allows: ``int | None`` -> ``(int, NoneType)``, ``int`` -> ``(int,)``."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return typing.get_args(hint) if union else (hint,)
 
 
 def _describe(hint: Any) -> str:

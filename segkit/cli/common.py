@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ import torch
 from segkit.config import Config, with_eval_defaults
 from segkit.deploy.optimize import PRECISIONS, optimize_for_inference
 from segkit.options import show_value
-from segkit.values import choices_of
+from segkit.values import choices_of, type_options
 from segkit.weights import weights_fingerprint
 
 # Config sections in the order their flags are listed.
@@ -40,12 +40,13 @@ class Flag:
     hint: Any
 
 
-def config_flags() -> list[Flag]:
+@functools.cache
+def config_flags() -> tuple[Flag, ...]:
     """One flag per config field: the field's declared ``flag`` or ``--field-name``; a head or
-    dataset option whose name another section already uses is prefixed (``--data-seed``)."""
-    sections = [("", Config, None)] + [
-        (name, type(getattr(Config(), name)), name) for name in SECTIONS
-    ]
+    dataset option whose name another section already uses is prefixed (``--data-seed``).
+    The fields are fixed at import, so the flags are made once."""
+    section_types = typing.get_type_hints(Config)
+    sections = [("", Config, None)] + [(name, section_types[name], name) for name in SECTIONS]
     declared, derived = [], []
     for prefix, cls, section in sections:
         hints = typing.get_type_hints(cls)
@@ -63,7 +64,7 @@ def config_flags() -> list[Flag]:
             flag = f"--{prefix}-{item.name.replace('_', '-')}"
         used.add(flag)
         flags.append(Flag(flag, key, item, hint))
-    return flags
+    return tuple(flags)
 
 
 def add_config_flag(
@@ -127,7 +128,7 @@ def _recipe_value(recipe: dict[str, Any], key: str) -> Any:
 
 
 def _is_bool(hint: Any) -> bool:
-    args = typing.get_args(hint) or (hint,)
+    args = type_options(hint)
     return bool in args and all(a in (bool, type(None)) for a in args)
 
 
@@ -135,7 +136,7 @@ def _metavar(flag: Flag) -> str:
     choices = choices_of(flag.field.metadata)
     if choices:
         return "{" + ",".join(choices) + "}"
-    args = typing.get_args(flag.hint) if typing.get_origin(flag.hint) in _UNIONS else (flag.hint,)
+    args = type_options(flag.hint)
     if any(typing.get_origin(a) is list for a in args):
         return "A,B,..."
     for kind, name in ((int, "N"), (float, "X")):
@@ -144,7 +145,6 @@ def _metavar(flag: Flag) -> str:
     return "PATH" if flag.key in _PATH_KEYS else "TEXT"
 
 
-_UNIONS = (typing.Union, types.UnionType)
 _PATH_KEYS = (
     "work_dir",
     "data.root",

@@ -98,6 +98,11 @@ class _ModelSection:
     multi_grid: list[int] | None = option(
         None, help="ResNet layer4 dilation factors, e.g. 1,2,4 (none: 1,1,1)"
     )
+    align_corners: bool = option(
+        False,
+        help="upsample with align_corners=True (decoder, JPU, final resize), as the models of "
+        "pytorch-deeplab-xception, PyTorch-Encoding and FastFCN were trained",
+    )
 
 
 @dataclass
@@ -238,9 +243,13 @@ def _extend(base: type, name: str, options: dict[str, Any], doc: str) -> type:
 
 
 def _head_options() -> dict[str, Any]:
+    """The options of every head builder and of every named backbone."""
     from segkit.models import MODELS
+    from segkit.models.backbones import BACKBONES
 
-    return merge_options(component_options(build, name) for name, build in MODELS.items())
+    heads = [component_options(build, name) for name, build in MODELS.items()]
+    bodies = [component_options(entry.cls, name) for name, entry in BACKBONES.items()]
+    return merge_options([*heads, *bodies])
 
 
 def _dataset_options() -> dict[str, Any]:
@@ -255,7 +264,7 @@ ModelConfig = _extend(
     "ModelConfig",
     _head_options(),
     "Arguments of :func:`segkit.create_model`: the shared ones, then every head builder's "
-    "options (``None``: the model's default).",
+    "and backbone's options (``None``: the model's default).",
 )
 DataConfig = _extend(
     _DataSection,

@@ -124,9 +124,9 @@ def _drop_foreign_head_options(config: Config, recipe_model: str, given: set[str
     """Switching the recipe's model (``--model fcn`` over the shapes recipe's DeepLabV3+) leaves
     out the recipe's head options the new model does not take, saying so; options given on the
     command line are kept, and ``create_model`` names them if they do not apply."""
-    from segkit.models import head_options
+    from segkit.models import backbone_options, head_options
 
-    valid = head_options(config.model.name)
+    valid = head_options(config.model.name) | backbone_options(config.model.backbone)
     dropped = [
         name
         for name in component_values(config.model)

@@ -18,16 +18,17 @@ from segkit.datasets.base import RawSample, SampleFiles, SegmentationDataset, Tr
 from segkit.datasets.cityscapes import Cityscapes
 from segkit.datasets.folder import FolderDataset
 from segkit.datasets.io import Problem, SampleError, read_image, read_mask
-from segkit.datasets.massroads import MassachusettsRoads
+from segkit.datasets.massroads import ROAD_CLASSES, ROAD_PALETTE, MassachusettsRoads
 from segkit.datasets.palettes import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
     VOC_CLASSES,
+    Color,
     colorize,
     colors_to_index,
     voc_palette,
 )
-from segkit.datasets.shapes import ShapesDataset
+from segkit.datasets.shapes import SHAPE_CLASSES, SHAPE_PALETTE, ShapesDataset
 from segkit.datasets.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -46,6 +47,26 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
     "folder": FolderDataset,
     "shapes": ShapesDataset,
 }
+
+
+def fixed_classes(name: str) -> tuple[list[str], list[Color]] | None:
+    """Class names and palette of a dataset whose label set is fixed (``voc``, ``cityscapes``,
+    ``massroads``, ``shapes``), without its files; ``None`` for ``folder``.
+
+    Raises:
+        ValueError: an unknown dataset name.
+    """
+    _dataset_class(name)
+    classes = {
+        "voc": (VOC_CLASSES, voc_palette(len(VOC_CLASSES))),
+        "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
+        "massroads": (ROAD_CLASSES, ROAD_PALETTE),
+        "shapes": (SHAPE_CLASSES, SHAPE_PALETTE),
+    }.get(name)
+    if classes is None:
+        return None
+    names, palette = classes
+    return list(names), [tuple(color) for color in palette]
 
 
 def list_datasets() -> list[str]:
@@ -129,5 +150,6 @@ __all__ = [
     "list_datasets",
     "read_image",
     "read_mask",
+    "fixed_classes",
     "voc_palette",
 ]

@@ -19,6 +19,8 @@ from segkit.datasets.io import Problem, read_mask
 
 SUFFIXES = (".tif", ".tiff", ".png")
 SPLITS = ("train", "val", "test")
+ROAD_CLASSES = ("background", "road")
+ROAD_PALETTE = ((0, 0, 0), (255, 255, 255))
 
 
 class MassachusettsRoads(SegmentationDataset):
@@ -52,8 +54,8 @@ class MassachusettsRoads(SegmentationDataset):
         self.root = require_root(root, "massroads")
         if split not in SPLITS:
             raise ValueError(f"massroads split must be one of {list(SPLITS)}, got {split!r}")
-        self.class_names = ["background", "road"]
-        self.palette = [(0, 0, 0), (255, 255, 255)]
+        self.class_names = list(ROAD_CLASSES)
+        self.palette = list(ROAD_PALETTE)
         self.nodata_ignore = bool(nodata_ignore)
         base = self.root / "tiff" if (self.root / "tiff").is_dir() else self.root
         fix = (

@@ -15,7 +15,12 @@ from typing import Any
 from torch import nn
 
 from segkit.models.attention import check_attention
-from segkit.models.backbones import backbone_entry, build_backbone, list_backbones
+from segkit.models.backbones import (
+    backbone_entry,
+    backbone_options,
+    build_backbone,
+    list_backbones,
+)
 from segkit.models.heads.deeplab import DeepLabV3Head, DeepLabV3PlusHead, default_aspp_rates
 from segkit.models.heads.encnet import EncNetHead
 from segkit.models.heads.fcn import FCN8sHead, FCNHead
@@ -28,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 
 # Builders read ``backbone``: a FeatureSpec describing the maps the head receives (the
-# backbone's, or the neck's when there is one, e.g. JPU's stride-8 map).
+# backbone's, or the neck's when there is one, e.g. JPU's stride-8 map). A builder whose head
+# upsamples inside takes the model-wide ``align_corners`` as its third argument.
 
 
 def fcn(
@@ -47,13 +53,15 @@ def fcn(
     return FCNHead(backbone.channels[-1], num_classes, dropout=dropout, attention=attention)
 
 
-def fcn8s(backbone: FeatureSpec, num_classes: int, *, dropout: float = 0.1) -> nn.Module:
+def fcn8s(
+    backbone: FeatureSpec, num_classes: int, align_corners: bool = False, *, dropout: float = 0.1
+) -> nn.Module:
     """FCN-8s: scores of the last three maps fused by upsampling and addition.
 
     Args:
         dropout: dropout before the classifier.
     """
-    return FCN8sHead(backbone.channels, num_classes, dropout=dropout)
+    return FCN8sHead(backbone.channels, num_classes, dropout=dropout, align_corners=align_corners)
 
 
 def deeplabv3(
@@ -91,12 +99,14 @@ def deeplabv3(
 def deeplabv3plus(
     backbone: FeatureSpec,
     num_classes: int,
+    align_corners: bool = False,
     *,
     aspp_rates: Sequence[int] | None = None,
     aspp_channels: int = 256,
     aspp_dropout: float = 0.5,
     low_level_channels: int = 48,
     decoder_channels: int = 256,
+    decoder_convs: int = 2,
     separable: bool = False,
     attention: str | None = None,
 ) -> nn.Module:
@@ -108,7 +118,9 @@ def deeplabv3plus(
         aspp_channels: width of the ASPP branches and of the head.
         aspp_dropout: dropout after the ASPP projection.
         low_level_channels: width the stride-4 map is projected to before the decoder.
-        decoder_channels: width of the decoder's two 3x3 convolutions.
+        decoder_channels: width of the decoder's 3x3 convolutions.
+        decoder_convs: number of 3x3 conv-BN-ReLU in the decoder: 2 as in the paper, 1 as
+            in VainF/DeepLabV3Plus-Pytorch.
         separable: atrous separable (depthwise + pointwise) 3x3 convolutions.
         attention: attention block after ASPP and on the projected low-level map: psa, se or
             cbam (none: without).
@@ -121,14 +133,17 @@ def deeplabv3plus(
         aspp_dropout=aspp_dropout,
         low_level_channels=low_level_channels,
         decoder_channels=decoder_channels,
+        decoder_convs=decoder_convs,
         separable=separable,
         attention=attention,
+        align_corners=align_corners,
     )
 
 
 def encnet(
     backbone: FeatureSpec,
     num_classes: int,
+    align_corners: bool = False,
     *,
     lateral: bool = False,
     se_loss: bool = False,
@@ -157,6 +172,7 @@ def encnet(
         se_loss=se_loss,
         dropout=dropout,
         attention=attention,
+        align_corners=align_corners,
     )
 
 
@@ -200,6 +216,7 @@ def create_model(
     jpu: bool = False,
     pretrained_backbone: str | os.PathLike | bool | None = None,
     multi_grid: Sequence[int] | None = None,
+    align_corners: bool = False,
     meta: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> Segmenter:
@@ -222,10 +239,14 @@ def create_model(
             and shape; the report is logged to the ``segkit.models`` logger); ``True``
             downloads through torchvision/timm, which fails with a clear message offline.
         multi_grid: ResNet layer4 dilation factors, e.g. ``(1, 2, 4)``.
+        align_corners: bilinear upsampling with ``align_corners=True`` everywhere the model
+            upsamples (decoder, JPU, EncNet's lateral maps, the final resize), as the models of
+            jfzhang95/pytorch-deeplab-xception, PyTorch-Encoding and FastFCN were trained.
         meta: what the outputs mean, carried as ``model.meta`` and in checkpoints (class
             names, palette, mean, std, ignore index); the forward pass does not read it.
-        **options: head options of the model (see :func:`head_options`); ``None`` values are
-            dropped so that unset CLI flags never override a model's defaults.
+        **options: head options of the model (:func:`head_options`) and options of the
+            backbone (:func:`backbone_options`); ``None`` values are dropped so that unset CLI
+            flags never override a model's defaults.
 
     Returns:
         A :class:`Segmenter`; ``forward(x)`` returns ``{"out": N x num_classes x H x W, ...}``.
@@ -238,11 +259,14 @@ def create_model(
     builder = _builder(name)
     options = {k: v for k, v in options.items() if v is not None}
     valid = head_options(name)
-    unknown = sorted(set(options) - set(valid))
+    body_valid = backbone_options(backbone)
+    unknown = sorted(set(options) - set(valid) - set(body_valid))
     if unknown:
         raise ValueError(
-            f"Unknown option(s) {unknown} for model {name!r}. Valid options: {sorted(valid)}."
+            f"Unknown option(s) {unknown} for model {name!r} with backbone {backbone!r}. Valid "
+            f"options: {sorted(valid)} (model), {sorted(body_valid) or 'none'} (backbone)."
         )
+    body_options = {k: options.pop(k) for k in list(options) if k in body_valid}
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     check_attention(options.get("attention"))
@@ -251,8 +275,10 @@ def create_model(
     entry = backbone_entry(backbone)
     if output_stride is None and len(entry.strides) > 1:  # HRNetV2 has one stride
         output_stride = 32 if jpu else DEFAULT_OUTPUT_STRIDE.get(name, entry.default_stride)
-    body = build_backbone(backbone, output_stride=output_stride, multi_grid=multi_grid)
-    neck = JPU(body.channels, body.reductions) if jpu else None
+    body = build_backbone(
+        backbone, output_stride=output_stride, multi_grid=multi_grid, **body_options
+    )
+    neck = JPU(body.channels, body.reductions, align_corners=align_corners) if jpu else None
     spec: FeatureSpec = body if neck is None else neck
     if pretrained_backbone:
         weights = pretrained_backbone
@@ -268,10 +294,17 @@ def create_model(
         "aux": aux,
         "jpu": jpu,
         "multi_grid": list(multi_grid) if multi_grid is not None else None,
+        "align_corners": align_corners,
+        **body_options,
         **options,
     }
-    head = builder(spec, num_classes, **options)
-    return Segmenter(body, head, aux_head, neck=neck, config=config, meta=meta)
+    if "align_corners" in inspect.signature(builder).parameters:
+        head = builder(spec, num_classes, align_corners, **options)
+    else:
+        head = builder(spec, num_classes, **options)
+    return Segmenter(
+        body, head, aux_head, neck=neck, config=config, meta=meta, align_corners=align_corners
+    )
 
 
 def _check_jpu(name: str, jpu: bool, output_stride: int | None) -> None:
@@ -297,6 +330,7 @@ __all__ = [
     "JPU_MODELS",
     "MODELS",
     "Segmenter",
+    "backbone_options",
     "create_model",
     "head_options",
     "list_backbones",

@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear resize of ``N x C x h x w`` to ``size`` (no-op when already that size)."""
+def resize(x: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
+    """Bilinear resize of ``N x C x h x w`` to ``size`` (no-op when already that size);
+    ``align_corners`` as in :func:`torch.nn.functional.interpolate`."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 class PooledBatchNorm2d(nn.BatchNorm2d):

@@ -73,6 +73,7 @@ class JPU(nn.Module):
             must be 8, 16 and 32, i.e. a backbone at output stride 32 (no dilation).
         width: channels of each projection and of each dilated branch.
         dilations: rates of the parallel separable convolutions.
+        align_corners: upsample ``c3`` and ``c4`` with ``align_corners=True`` (FastFCN).
 
     Attributes:
         channels, reductions, output_stride: description of the output list, as a Backbone's.
@@ -88,8 +89,10 @@ class JPU(nn.Module):
         *,
         width: int = 512,
         dilations: Sequence[int] = (1, 2, 4, 8),
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
+        self.align_corners = align_corners
         if len(in_channels) < 3 or tuple(reductions[-3:]) != JPU_STRIDES:
             raise ValueError(
                 f"JPU needs backbone maps c2, c3, c4 at strides {list(JPU_STRIDES)}, got "
@@ -108,7 +111,7 @@ class JPU(nn.Module):
         """``[c1, c2, c3, c4]`` -> ``[c1, c2, c3, N x 4*width x h8 x w8]`` (``c2``'s size)."""
         size = features[-3].shape[-2:]
         projected = [
-            resize(conv(feature), size)
+            resize(conv(feature), size, self.align_corners)
             for conv, feature in zip(self.convs, features[-3:], strict=True)
         ]
         joint = torch.cat(projected, dim=1)

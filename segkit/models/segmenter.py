@@ -31,6 +31,7 @@ class Segmenter(nn.Module):
             rebuild the model (``create_model(**model.config)``).
         meta: what the outputs mean: ``class_names``, ``palette``, ``mean``, ``std``,
             ``ignore_index`` (empty when unknown); checkpoints and exports carry it.
+        align_corners: the final resize to the input size uses ``align_corners=True``.
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class Segmenter(nn.Module):
         neck: nn.Module | None = None,
         config: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -49,6 +51,7 @@ class Segmenter(nn.Module):
         self.aux_classifier = aux_classifier
         self.config: dict[str, Any] = dict(config or {})
         self.meta: dict[str, Any] = dict(meta or {})
+        self.align_corners = align_corners
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]
@@ -56,10 +59,11 @@ class Segmenter(nn.Module):
         if self.neck is not None:
             features = self.neck(features)
         head = self.classifier(features)
-        result = {"out": resize(head["out"], size)}
+        result = {"out": resize(head["out"], size, self.align_corners)}
         if self.training:
             if self.aux_classifier is not None:
-                result["aux"] = resize(self.aux_classifier(features)["out"], size)
+                aux = self.aux_classifier(features)["out"]
+                result["aux"] = resize(aux, size, self.align_corners)
             if "se" in head:
                 result["se"] = head["se"]
         return result

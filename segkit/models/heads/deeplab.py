@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -121,8 +122,9 @@ class DeepLabV3PlusHead(nn.Module):
     """DeepLabV3+ (Chen et al. 2018): ASPP on the deepest map plus a decoder.
 
     The stride-4 low-level map is projected by a 1x1 conv to ``low_level_channels`` (48), the
-    ASPP output is upsampled to its size and concatenated, two 3x3 convs of
-    ``decoder_channels`` refine the result and a 1x1 conv classifies (logits at stride 4).
+    ASPP output is upsampled to its size and concatenated (ASPP first), ``decoder_convs`` 3x3
+    convs of ``decoder_channels`` (two in the paper) refine the result and a 1x1 conv
+    classifies (logits at stride 4).
 
     ``attention`` (the road-extraction variant, e.g. for Massachusetts Roads) adds one attention
     block after ASPP and one on the projected low-level features, both before the concatenation.
@@ -138,23 +140,32 @@ class DeepLabV3PlusHead(nn.Module):
         aspp_dropout: float = 0.5,
         low_level_channels: int = 48,
         decoder_channels: int = 256,
+        decoder_convs: int = 2,
         separable: bool = False,
         attention: str | None = None,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
+        if decoder_convs < 1:
+            raise ValueError(f"decoder_convs must be 1 or more, got {decoder_convs!r}")
+        self.align_corners = align_corners
         self.aspp = ASPP(in_channels[-1], aspp_rates, aspp_channels, aspp_dropout, separable)
         self.low_level = ConvBNReLU(in_channels[0], low_level_channels, kernel_size=1)
         # Identity (no parameters) when attention is None: the state dict is unchanged.
         self.aspp_attention = attention_or_identity(attention, aspp_channels)
         self.low_level_attention = attention_or_identity(attention, low_level_channels)
+        widths = [aspp_channels + low_level_channels] + [decoder_channels] * decoder_convs
         self.decoder = nn.Sequential(
-            conv_bn_relu(aspp_channels + low_level_channels, decoder_channels, separable=separable),
-            conv_bn_relu(decoder_channels, decoder_channels, separable=separable),
+            *(
+                conv_bn_relu(width_in, width_out, separable=separable)
+                for width_in, width_out in itertools.pairwise(widths)
+            )
         )
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
 
     def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
         """Reads ``features[0]`` (stride 4) and ``features[-1]``; logits at stride 4."""
         low = self.low_level_attention(self.low_level(features[0]))
-        high = resize(self.aspp_attention(self.aspp(features[-1])), low.shape[-2:])
+        high = self.aspp_attention(self.aspp(features[-1]))
+        high = resize(high, low.shape[-2:], self.align_corners)
         return {"out": self.classifier(self.decoder(torch.cat([high, low], dim=1)))}

@@ -107,6 +107,7 @@ class EncNetHead(nn.Module):
         dropout: dropout probability before the classifier.
         attention: attention block on the (fused) head features (see
             :func:`~segkit.models.attention.build_attention`).
+        align_corners: resize the lateral maps with ``align_corners=True``.
     """
 
     def __init__(
@@ -120,8 +121,10 @@ class EncNetHead(nn.Module):
         se_loss: bool = False,
         dropout: float = 0.1,
         attention: str | None = None,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
+        self.align_corners = align_corners
         if num_codes < 1:
             raise ValueError(f"num_codes must be a positive integer, got {num_codes!r}")
         self.conv = ConvBNReLU(in_channels[-1], channels, kernel_size=3)
@@ -151,7 +154,7 @@ class EncNetHead(nn.Module):
         if self.lateral is not None:
             size = x.shape[-2:]
             laterals = [
-                resize(conv(features[i]), size)
+                resize(conv(features[i]), size, self.align_corners)
                 for conv, i in zip(self.lateral, LATERAL_INDICES, strict=True)
             ]
             x = self.fusion(torch.cat([x, *laterals], dim=1))

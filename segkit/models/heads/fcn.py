@@ -61,9 +61,15 @@ class FCN8sHead(nn.Module):
     """
 
     def __init__(
-        self, in_channels: tuple[int, ...], num_classes: int, *, dropout: float = 0.1
+        self,
+        in_channels: tuple[int, ...],
+        num_classes: int,
+        *,
+        dropout: float = 0.1,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
+        self.align_corners = align_corners
         self.score_c4 = FCNHead(in_channels[-1], num_classes, dropout=dropout)
         self.score_c3 = nn.Conv2d(in_channels[-2], num_classes, 1)
         self.score_c2 = nn.Conv2d(in_channels[-3], num_classes, 1)
@@ -77,5 +83,7 @@ class FCN8sHead(nn.Module):
         for skip, feature in ((self.score_c3, features[-2]), (self.score_c2, features[-3])):
             skip_score = skip(feature)
             size = max(score.shape[-2:], skip_score.shape[-2:])
-            score = resize(score, size) + resize(skip_score, size)
+            score = resize(score, size, self.align_corners) + resize(
+                skip_score, size, self.align_corners
+            )
         return {"out": score}

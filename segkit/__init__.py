@@ -1,6 +1,7 @@
 """segkit: semantic segmentation models, data, training and deployment for PyTorch."""
 
 from segkit.checkpoint import load_model
+from segkit.convert import convert_checkpoint
 from segkit.deploy.onnx import export
 from segkit.deploy.optimize import optimize_for_inference
 from segkit.models import create_model, list_backbones, list_models
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LoadReport",
     "__version__",
+    "convert_checkpoint",
     "create_model",
     "export",
     "list_backbones",

@@ -150,13 +150,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             (TorchScript, ONNX) instead of a checkpoint, or a checkpoint without the model
             description, weights and metadata ``segkit train`` writes.
     """
-    path = Path(path)
-    data = read_file(path)
+    return checked_checkpoint(read_file(Path(path)), path)
+
+
+def checked_checkpoint(data: object, path: str | os.PathLike) -> dict[str, Any]:
+    """``data`` (a file's contents) if it is a complete segkit checkpoint; ``path`` names the
+    file in the errors of :func:`load_checkpoint`."""
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
-            f"{path} is not a segkit checkpoint (no 'format': {CHECKPOINT_FORMAT!r}). To use "
-            "weights from another project, build the model and call segkit.load_weights, or "
-            "train with --init-from FILE."
+            f"{path} is not a segkit checkpoint (no 'format': {CHECKPOINT_FORMAT!r}). A "
+            "checkpoint of VainF/DeepLabV3Plus-Pytorch, pytorch-deeplab-xception, "
+            "PyTorch-Encoding, FastFCN or torchvision converts with `segkit convert FILE --out "
+            "X.pt`; other weights load by name with segkit.load_weights or --init-from FILE."
         )
     missing = [key for key in REQUIRED_KEYS if not isinstance(data.get(key), Mapping)]
     if isinstance(data.get("meta"), Mapping):
@@ -186,7 +191,13 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         FileNotFoundError, ValueError: see :func:`load_checkpoint`; also a ``model`` entry
             that does not build, or weights that do not fit the model it describes.
     """
-    data = load_checkpoint(path)
+    return model_from_checkpoint(load_checkpoint(path), path, device=device)
+
+
+def model_from_checkpoint(
+    data: Mapping[str, Any], path: str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """:func:`load_model` for a checkpoint already read (``path`` names it in errors)."""
     try:
         model = create_model(**data["model"], meta=data["meta"])
         model.load_state_dict(data["state_dict"])

@@ -34,7 +34,12 @@ from segkit.models import JPU_MODELS, head_options
 from segkit.models.attention import ATTENTIONS
 
 NUM_CLASSES = 3
-SAME_CODE = {"resnet101": "resnet50", "hrnetv2_w32": "hrnetv2_w18", "hrnetv2_w48": "hrnetv2_w18"}
+SAME_CODE = {
+    "resnet101": "resnet50",
+    "resnet101s": "resnet50s",
+    "hrnetv2_w32": "hrnetv2_w18",
+    "hrnetv2_w48": "hrnetv2_w18",
+}
 SIZES = [(1, 64, 96), (2, 78, 50)]  # (batch, height, width) beyond export()'s own check
 EXAMPLE_SIZE = (97, 131)  # export()'s trace example and check input, both odd and different
 CHECK_SIZE = (65, 83)
@@ -43,6 +48,13 @@ FORMATS = {"onnx": "onnx", "torchscript": "pt"}  # format -> file suffix
 CASES: list[tuple[str, str, dict[str, Any]]] = [
     # Backbone families, each with its own dilation code where it has one.
     ("fcn", "mobilenet_v2", {"output_stride": 8}),
+    # Converted models' options: padded block inputs, align_corners=True upsampling.
+    (
+        "deeplabv3plus",
+        "mobilenet_v2",
+        {"pad_block_input": True, "pad_stem": False, "decoder_convs": 1, "align_corners": True},
+    ),
+    ("encnet", "resnet50s", {"output_stride": 32, "jpu": True, "input_kernel_size": 1}),
     ("fcn", "resnet50", {"output_stride": 8, "multi_grid": (1, 2, 4)}),
     ("deeplabv3plus", "xception65", {}),
     ("fcn", "hrnetv2_w18", {}),  # pads to a multiple of 32 and crops back

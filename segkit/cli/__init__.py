@@ -21,7 +21,7 @@ from segkit.engine.run_log import warnings_shown_by
 from segkit.options import show_value
 
 # name -> module in this package, in the order ``segkit --help`` lists them.
-COMMANDS = ("train", "eval", "predict", "export", "bench", "models", "doctor")
+COMMANDS = ("train", "eval", "predict", "export", "convert", "bench", "models", "doctor")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
+from segkit.checkpoint import model_from_checkpoint
 from segkit.config import Config, with_eval_defaults
+from segkit.convert import open_checkpoint
 from segkit.deploy.optimize import PRECISIONS, optimize_for_inference
 from segkit.options import show_value
 from segkit.values import choices_of, type_options
@@ -162,7 +164,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         required=True,
         metavar="FILE",
-        help="a segkit checkpoint (RUN/checkpoints/best.pt)",
+        help=CHECKPOINT_HELP,
     )
     group = parser.add_argument_group("inference protocol (default: the run's validation protocol)")
     for flag in inference_flags():
@@ -214,6 +216,24 @@ def inference_config(
     config = Config.from_dict(checkpoint.get("config", {}))
     config.update(given_values(args, inference_flags() + (flags or [])))
     return with_eval_defaults(config)
+
+
+CHECKPOINT_HELP = (
+    "a segkit checkpoint (RUN/checkpoints/best.pt), or another project's that segkit convert "
+    "knows (converted in memory)"
+)
+
+
+def open_model(
+    args: argparse.Namespace, device: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], torch.nn.Module]:
+    """``--checkpoint``'s entries and its model (eval mode, on ``device``). Another project's
+    checkpoint (:mod:`segkit.convert`) is converted in memory, with one note line saying so."""
+    checkpoint = open_checkpoint(
+        args.checkpoint,
+        note=lambda line: print(f"segkit {args.command}: note: {line}", file=sys.stderr),
+    )
+    return checkpoint, model_from_checkpoint(checkpoint, args.checkpoint, device=device)
 
 
 def runtime_model(args: argparse.Namespace, model: torch.nn.Module) -> Any:

@@ -11,13 +11,13 @@ import argparse
 import json
 from pathlib import Path
 
-from segkit.checkpoint import load_checkpoint, load_model
 from segkit.cli.common import (
     Flag,
     add_config_flag,
     add_inference_arguments,
     config_flag,
     inference_config,
+    open_model,
     runtime_model,
 )
 from segkit.config import Config
@@ -47,10 +47,9 @@ def _data_flags() -> list[Flag]:
 
 def run(args: argparse.Namespace) -> int:
     """Print the per-class table and summary; write ``--json``."""
-    checkpoint = load_checkpoint(args.checkpoint)
-    config = run_config(args, checkpoint)
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint, device=device)
+    checkpoint, model = open_model(args, device)
+    config = run_config(args, checkpoint)
     runner = runtime_model(args, model)
     dataset = build_val_dataset(config, args.split)
     loader = make_loader(dataset, batch_size=1, workers=config.data.workers, seed=0, train=False)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from segkit.checkpoint import load_checkpoint, load_model
+from segkit.cli.common import CHECKPOINT_HELP, open_model
 from segkit.config import Config
 from segkit.deploy.onnx import (
     FORMATS,
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     suffixes = "; ".join(
         f"{', '.join(s for s, f in SUFFIXES.items() if f == name)} -> {name}" for name in FORMATS
     )
-    parser.add_argument("--checkpoint", required=True, help="the segkit checkpoint to export")
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help=CHECKPOINT_HELP)
     parser.add_argument(
         "--out",
         type=Path,
@@ -117,11 +117,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def calibration_images(args: argparse.Namespace) -> list[torch.Tensor]:
+def calibration_images(args: argparse.Namespace, checkpoint: dict) -> list[torch.Tensor]:
     """``--calibration-images`` normalised images of the checkpoint's dataset, seeded draw."""
     if args.calibration_images < 1:
         raise ValueError(f"--calibration-images must be >= 1, got {args.calibration_images}")
-    config = Config.from_dict(load_checkpoint(args.checkpoint).get("config", {}))
+    config = Config.from_dict(checkpoint.get("config", {}))
     if args.data_root:
         config.update({"data.root": args.data_root})
     dataset = build_val_dataset(config, args.calibration_split)
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     # Mistakes in --out and --format are reported before the model is loaded, not after.
     check_output_path(args.out, args.format or "onnx")
     format = resolve_format(args.out, args.format)
-    model = load_model(args.checkpoint)
+    checkpoint, model = open_model(args)
     try:
         report = export(
             model,
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             static=args.static,
             tolerance=args.tolerance,
             int8=args.int8,
-            calibration=calibration_images(args) if args.int8 else (),
+            calibration=calibration_images(args, checkpoint) if args.int8 else (),
             calibration_method=args.calibration_method,
             min_agreement=args.min_agreement,
         )

@@ -35,8 +35,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segkit.checkpoint import load_checkpoint, load_model
-from segkit.cli.common import add_inference_arguments, inference_config, runtime_model
+from segkit.cli.common import (
+    add_inference_arguments,
+    inference_config,
+    open_model,
+    runtime_model,
+)
 from segkit.datasets import colorize, read_image
 from segkit.datasets.io import IMAGE_SUFFIXES
 from segkit.engine.device import resolve_device
@@ -249,8 +253,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.overlay_alpha <= 1:
         raise ValueError(f"--overlay-alpha must be between 0 and 1, got {args.overlay_alpha}")
     device = resolve_device(args.device)
-    config = inference_config(args, load_checkpoint(args.checkpoint))
-    model = load_model(args.checkpoint, device=device)
+    checkpoint, model = open_model(args, device)
+    config = inference_config(args, checkpoint)
     meta = model.meta
     runner = runtime_model(args, model)
     options = inference_options(config.eval)

@@ -147,9 +147,9 @@ __all__ = [
     "colors_to_index",
     "dataset_options",
     "denormalize",
+    "fixed_classes",
     "list_datasets",
     "read_image",
     "read_mask",
-    "fixed_classes",
     "voc_palette",
 ]

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from segkit.deploy.optimize import fold_batchnorm
 from segkit.deploy.ort import input_name, ort_session
-from segkit.files import default_file_mode
+from segkit.files import check_writable_file, default_file_mode
 from segkit.models.layers import resize
 from segkit.weights import weights_fingerprint
 
@@ -326,21 +326,8 @@ def _to_torchscript(
 
 
 def check_output_path(path: Path, format: str = "onnx") -> None:
-    """Fail early, in one line, when ``path`` cannot be written as a file.
-
-    Raises:
-        ValueError: ``path`` is a folder, a parent is a file, or the folder is not writable.
-    """
-    if path.is_dir():
-        example = path / ("model.onnx" if format == "onnx" else "model.pt")
-        raise ValueError(f"--out {path} names a folder; give a file such as {example}")
-    parent = path.parent
-    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
-        parent = parent.parent  # the first folder that exists is the one to write in
-    if not parent.is_dir():
-        raise ValueError(f"--out {path}: {parent} is a file, not a folder; choose another --out")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {path}: the folder {parent} is not writable; choose another --out")
+    """:func:`segkit.files.check_writable_file` with an example file name for ``format``."""
+    check_writable_file(path, "model.onnx" if format == "onnx" else "model.pt")
 
 
 def export_metadata(

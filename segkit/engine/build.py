@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from segkit.config import Config, component_values
+from segkit.convert import foreign_weights
 from segkit.datasets import SampleError, SegmentationDataset
 from segkit.datasets.preflight import preflight, problem_lines
 from segkit.engine import distributed as dist
@@ -272,7 +273,9 @@ def _model(
     torch.manual_seed(config.train.seed)  # same initial weights on every rank
     model = build_model(config, train_set.num_classes, run_meta(config, train_set))
     if config.train.init_from and init_weights:
-        report = load_weights(model, config.train.init_from)
+        note = logger.info if rank == 0 else None
+        weights = foreign_weights(config.train.init_from, note=note)
+        report = load_weights(model, config.train.init_from if weights is None else weights)
         if rank == 0:
             logger.info(str(report))
     if config.train.sync_bn:

@@ -149,6 +149,7 @@ def encnet(
     se_loss: bool = False,
     num_codes: int = 32,
     channels: int = 512,
+    input_kernel_size: int = 3,
     dropout: float = 0.1,
     attention: str | None = None,
 ) -> nn.Module:
@@ -160,6 +161,8 @@ def encnet(
             the semantic-encoding loss.
         num_codes: codewords of the Encoding layer.
         channels: width of the head.
+        input_kernel_size: kernel size of the head's first conv, which reduces the last map
+            to ``channels``: 3, or 1 (a pointwise reduction, as FastFCN's EncNet with JPU).
         dropout: dropout before the classifier.
         attention: attention block before the encoding: psa, se or cbam (none: without).
     """
@@ -167,6 +170,7 @@ def encnet(
         backbone.channels,
         num_classes,
         channels=channels,
+        input_kernel_size=input_kernel_size,
         num_codes=num_codes,
         lateral=lateral,
         se_loss=se_loss,

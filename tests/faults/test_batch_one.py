@@ -49,12 +49,15 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         {"lateral": True, "se_loss": True, "aux": True, "attention": "psa"},
     ),
     ("encnet", "timm:resnet18", {"jpu": True, "lateral": True, "se_loss": True}),
+    ("encnet", "resnet50s", {"jpu": True, "input_kernel_size": 1, "se_loss": True}),
 ]
 
 
 def _family(backbone: str) -> str:
     if backbone in RESNETS:
         return "resnet"
+    if backbone in ("resnet50s", "resnet101s"):
+        return "resnet_deep_stem"
     return "hrnetv2" if backbone in HRNETS else backbone
 
 

@@ -20,6 +20,7 @@ from segkit.models.backbones.hrnet import HRNETS, HRNetV2Backbone
 from segkit.models.backbones.mobilenet import MobileNetV2Backbone
 from segkit.models.backbones.resnet import RESNETS, ResNetBackbone
 from segkit.models.backbones.timm_body import TimmBackbone
+from segkit.models.backbones.xception import XceptionBackbone
 
 TIMM_PREFIX = "timm:"
 
@@ -73,12 +74,21 @@ BACKBONES: dict[str, BackboneEntry] = {
         ResNetBackbone, ("resnet101",), DILATABLE_STRIDES, 16, "resnet101-63fe2227.pth",
         "torchvision:ResNet101_Weights", multi_grid=True,
     ),
+    # Deep stem (three 3x3 convs), as PSPNet, PyTorch-Encoding and FastFCN.
+    "resnet50s": BackboneEntry(
+        ResNetBackbone, ("resnet50s",), DILATABLE_STRIDES, 16, "timm resnet50s.gluon_in1k",
+        "timm:resnet50s", multi_grid=True,
+    ),
+    "resnet101s": BackboneEntry(
+        ResNetBackbone, ("resnet101s",), DILATABLE_STRIDES, 16, "timm resnet101s.gluon_in1k",
+        "timm:resnet101s", multi_grid=True,
+    ),
     "mobilenet_v2": BackboneEntry(
         MobileNetV2Backbone, (), DILATABLE_STRIDES, 16, "mobilenet_v2-b0353104.pth",
         "torchvision:MobileNet_V2_Weights",
     ),
     "xception65": BackboneEntry(
-        TimmBackbone, ("xception65",), DILATABLE_STRIDES, 16,
+        XceptionBackbone, ("xception65",), DILATABLE_STRIDES, 16,
         "timm xception65 (aligned Xception)", "timm:xception65",
     ),
     **{

@@ -59,7 +59,9 @@ class ContextEncoding(nn.Module):
 
     1x1 conv-BN-ReLU, :class:`Encoding` (``K`` codes), BatchNorm1d over the K codes, ReLU, mean
     over the codes: the context ``e`` (``N x C``). A fully connected layer and a sigmoid give
-    per-channel factors ``gamma`` and the features become ``x * (1 + gamma)``.
+    per-channel factors ``gamma`` and the features become ``x * (1 + gamma)``. (PyTorch-Encoding
+    and FastFCN take a ReLU of this; in EncNetHead without attention ``x`` comes out of a ReLU,
+    so that ReLU changes nothing.)
 
     BatchNorm1d(K) sees ``N x K x C`` and normalises each code over ``N * C`` values, so it
     trains at batch size 1.
@@ -89,18 +91,23 @@ class ContextEncoding(nn.Module):
 class EncNetHead(nn.Module):
     """EncNet decode head.
 
-    3x3 conv-BN-ReLU from the last map to ``channels`` (512); with ``lateral``, ``c2`` and
-    ``c3`` are projected by 1x1 conv-BN-ReLU to ``channels`` each, resized to the head's
-    resolution and concatenated with the head features, and a 3x3 conv-BN-ReLU fuses them
-    (its input width is the sum of what is concatenated; PyTorch-Encoding concatenated maps of
-    different sizes when JPU changed the head's stride). Optional attention block, then the
-    :class:`ContextEncoding` module, dropout and a 1x1 classifier. With ``se_loss`` a linear
-    layer on the context predicts which classes are present (the SE-loss target).
+    A conv-BN-ReLU (3x3, or ``input_kernel_size``) from the last map to ``channels`` (512);
+    with ``lateral``, ``c2`` and ``c3`` are projected by 1x1 conv-BN-ReLU to ``channels``
+    each, resized to the head's resolution and concatenated with the head features, and a
+    3x3 conv-BN-ReLU fuses them (its input width is the sum of what is concatenated).
+    PyTorch-Encoding and FastFCN concatenate without resizing, which runs only when the three
+    maps have one size (a dilated backbone at output stride 8), where the resize is a no-op;
+    here the lateral maps also work at other strides and with JPU. Optional attention block,
+    then the :class:`ContextEncoding` module, dropout and a 1x1 classifier. With ``se_loss`` a
+    linear layer on the context predicts which classes are present (the SE-loss target).
 
     Args:
         in_channels: channels of the feature list ``[c1, c2, c3, c4]`` the head receives.
         num_classes: output classes.
         channels: width of the head.
+        input_kernel_size: kernel size of the first conv, which reduces the last map to
+            ``channels``: 3, or 1 for a pointwise reduction (FastFCN's EncNet on JPU
+            features); odd, so the map keeps its size.
         num_codes: codewords of the Encoding layer.
         lateral: fuse ``c2`` and ``c3`` into the head.
         se_loss: also return class-presence logits ``"se"``.
@@ -116,6 +123,7 @@ class EncNetHead(nn.Module):
         num_classes: int,
         *,
         channels: int = 512,
+        input_kernel_size: int = 3,
         num_codes: int = 32,
         lateral: bool = False,
         se_loss: bool = False,
@@ -127,7 +135,12 @@ class EncNetHead(nn.Module):
         self.align_corners = align_corners
         if num_codes < 1:
             raise ValueError(f"num_codes must be a positive integer, got {num_codes!r}")
-        self.conv = ConvBNReLU(in_channels[-1], channels, kernel_size=3)
+        if input_kernel_size < 1 or input_kernel_size % 2 == 0:
+            raise ValueError(
+                f"input_kernel_size must be a positive odd integer (1, 3, ...) so the map "
+                f"keeps its size, got {input_kernel_size!r}"
+            )
+        self.conv = ConvBNReLU(in_channels[-1], channels, kernel_size=input_kernel_size)
         self.lateral = (
             nn.ModuleList(
                 ConvBNReLU(in_channels[i], channels, kernel_size=1) for i in LATERAL_INDICES

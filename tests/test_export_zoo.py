@@ -36,7 +36,8 @@ from segkit.models.attention import ATTENTIONS
 NUM_CLASSES = 3
 SAME_CODE = {
     "resnet101": "resnet50",
-    "resnet101s": "resnet50s",
+    "resnet50s": "timm:resnet18",  # timm's ResNet, with a deep stem
+    "resnet101s": "timm:resnet18",
     "hrnetv2_w32": "hrnetv2_w18",
     "hrnetv2_w48": "hrnetv2_w18",
 }
@@ -47,14 +48,7 @@ FORMATS = {"onnx": "onnx", "torchscript": "pt"}  # format -> file suffix
 
 CASES: list[tuple[str, str, dict[str, Any]]] = [
     # Backbone families, each with its own dilation code where it has one.
-    ("fcn", "mobilenet_v2", {"output_stride": 8}),
-    # Converted models' options: padded block inputs, align_corners=True upsampling.
-    (
-        "deeplabv3plus",
-        "mobilenet_v2",
-        {"pad_block_input": True, "pad_stem": False, "decoder_convs": 1, "align_corners": True},
-    ),
-    ("encnet", "resnet50s", {"output_stride": 32, "jpu": True, "input_kernel_size": 1}),
+    ("fcn", "mobilenet_v2", {"output_stride": 8, "align_corners": True}),
     ("fcn", "resnet50", {"output_stride": 8, "multi_grid": (1, 2, 4)}),
     ("deeplabv3plus", "xception65", {}),
     ("fcn", "hrnetv2_w18", {}),  # pads to a multiple of 32 and crops back
@@ -66,7 +60,11 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     # JPU on every model that accepts it, each with another attention block.
     ("fcn", "timm:resnet18", {"jpu": True, "attention": "psa"}),
     ("deeplabv3", "timm:resnet18", {"jpu": True, "attention": "se"}),
-    ("encnet", "timm:resnet18", {"jpu": True, "attention": "cbam", "aux": True}),
+    (
+        "encnet",
+        "timm:resnet18",
+        {"jpu": True, "attention": "cbam", "aux": True, "input_kernel_size": 1},
+    ),
 ]
 
 

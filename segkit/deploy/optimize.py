@@ -83,12 +83,14 @@ def fold_batchnorm(module: nn.Module) -> int:
 
     A conv and a BN that are consecutive children of one parent are the conv-BN pair of every
     backbone and head here (``nn.Sequential`` blocks, torchvision's ``convN``/``bnN``, timm's
-    ``conv``/``bn``). The BN is replaced by ``nn.Identity`` (or by the activation a timm
-    ``BatchNormAct2d`` carries). Eval mode only.
+    ``conv``/``bn``); a BN right after an ``nn.Sequential`` that ends with a conv (timm's deep
+    stem ``conv1``, then ``bn1``) folds into that conv. The BN is replaced by ``nn.Identity``
+    (or by the activation a timm ``BatchNormAct2d`` carries). Eval mode only.
     """
     folded = 0
     for parent in list(module.modules()):
-        for (_, conv), (bn_name, bn) in pairwise(list(parent.named_children())):
+        for (_, before), (bn_name, bn) in pairwise(list(parent.named_children())):
+            conv = before[-1] if isinstance(before, nn.Sequential) and len(before) else before
             if (
                 isinstance(conv, nn.Conv2d)
                 and isinstance(bn, nn.BatchNorm2d)

@@ -11,13 +11,16 @@ from torch import Tensor
 import segkit
 from segkit.models.backbones import HRNETS
 
-# resnet101s is resnet50s's code with more blocks (resnet101 is kept: torchvision's own code).
-BACKBONES = [b for b in [*segkit.list_backbones(), "timm:resnet18"] if b != "resnet101s"]
+BACKBONES = [*segkit.list_backbones(), "timm:resnet18"]
+# Same code as a backbone kept in the cases, with more blocks or wider branches.
+SAME_CODE = ("resnet101", "resnet101s", "hrnetv2_w32", "hrnetv2_w48")
+CHEAP = ("mobilenet_v2", "timm:resnet18")  # every model at both dilated strides
 CASES = [
     (model, backbone, stride)
     for model in segkit.list_models()
     for backbone in BACKBONES
-    for stride in ([4] if backbone in HRNETS else [8, 16])
+    if backbone not in SAME_CODE
+    for stride in ([4] if backbone in HRNETS else [8, 16] if backbone in CHEAP else [16])
 ]
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def default_file_mode() -> int:
@@ -39,3 +42,39 @@ def check_writable_file(path: Path, example: str = "model.pt") -> None:
         raise ValueError(f"--out {path}: {parent} is a file, not a folder; choose another --out")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"--out {path}: the folder {parent} is not writable; choose another --out")
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Create ``path`` through ``write(handle)`` on a temporary file beside it, renamed over
+    ``path`` when ``write`` returns: a kill or an error leaves the old file or the new one at
+    ``path``, never a partial file (and no temporary file after an error). The file gets the
+    permissions of any new file (umask)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with tmp.open("xb") as handle:  # mode 0o666 minus umask, like any new file
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def prepare_folder(folder: Path, flag: str = "--out") -> None:
+    """Create ``folder`` and check that a file can be written in it, before any work.
+
+    Raises:
+        ValueError: one line naming ``flag``, the folder and the reason (a file in the way, no
+            permission, a read-only file system).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".segkit-probe-{secrets.token_hex(4)}"
+        probe.open("xb").close()
+        probe.unlink()
+    except OSError as err:
+        reason = (err.strerror or str(err)).lower()
+        where = f": {err.filename}" if err.filename and Path(err.filename) != folder else ""
+        raise ValueError(
+            f"cannot write to {flag} {folder} ({reason}{where}); give another {flag}"
+        ) from err

@@ -21,7 +21,9 @@ from segkit.engine.run_log import warnings_shown_by
 from segkit.options import show_value
 
 # name -> module in this package, in the order ``segkit --help`` lists them.
-COMMANDS = ("train", "eval", "predict", "export", "convert", "bench", "models", "doctor")
+COMMANDS = (
+    "train", "report", "eval", "predict", "export", "convert", "bench", "models", "doctor",
+)  # fmt: skip
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

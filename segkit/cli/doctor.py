@@ -3,6 +3,11 @@
 ``segkit doctor --dataset NAME --data-root DIR [--split S]`` reads every sample the way training
 does and prints each problem on its own line, naming the file, then the pixel frequency of each
 class. Exit status: 0 when clean, 1 when it found problems.
+
+``segkit doctor --show N [--show-dir DIR] [--config RECIPE]`` draws instead what the model
+sees: the run's first N training samples after augmentation, each as the image beside the
+image with its mask over it (ignored pixels striped black and white) and a legend, one PNG
+each. Exit status 1 when a sample could not be drawn.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import os
 import sys
 import warnings
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from segkit.cli.common import Flag, add_config_flag, config_flags, given_values
-from segkit.config import Config, component_values
+from segkit.config import SHAPES_RECIPE, Config, component_values, parse_set
 from segkit.datasets import build_dataset, dataset_options, list_datasets
 from segkit.datasets.base import SegmentationDataset
 from segkit.datasets.doctor import ScanReport, scan_dataset
@@ -28,10 +34,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("dataset (the same flags as segkit train)")
     for flag in _dataset_flags():
         add_config_flag(group, flag)
-    group.add_argument("--split", default="train", help="split to check")
+    group.add_argument(
+        "--split", help="split to check (none: train; with --show, the recipe's training split)"
+    )
     parser.add_argument("--max-samples", type=int, default=None, help="check only the first N")
     parser.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="reader threads"
+    )
+    show = parser.add_argument_group("what the model sees")
+    show.add_argument(
+        "--show",
+        type=int,
+        metavar="N",
+        help="instead of checking, draw the run's first N training samples after augmentation "
+        "into --show-dir (none: check the files)",
+    )
+    show.add_argument(
+        "--show-dir", type=Path, default=Path("doctor_show"), help="where --show writes its PNGs"
+    )
+    show.add_argument(
+        "--config",
+        metavar="FILE",
+        help="with --show: the recipe (a file or a name in configs/) whose augmentation, "
+        "normalisation and seed to use (none: shapes.yaml on shapes, else the defaults)",
+    )
+    show.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --show: set a config key, e.g. --set data.crop_size=256 (repeatable)",
     )
 
 
@@ -68,6 +100,11 @@ def _options(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     """Check the dataset; print problems and class frequencies; return the exit status."""
+    if args.show is not None:
+        return _show(args)
+    if args.config or args.set:
+        raise ValueError("--config and --set apply to --show only (the check reads the files)")
+    args.split = args.split or "train"
     try:
         config, options = _options(args)
         with warnings.catch_warnings():  # problems are printed below, one per line
@@ -91,6 +128,35 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     _print_frequencies(dataset, report)
     return _summary(report)
+
+
+def _show(args: argparse.Namespace) -> int:
+    """Draw ``--show N`` augmented training samples; print one line per picture."""
+    from segkit.engine.show_samples import show_training_samples
+
+    given = given_values(args, _dataset_flags()) | parse_set(args.set)
+    if args.config:
+        config = Config.load(args.config)
+    elif given.get("data.dataset") in (None, "shapes"):
+        config = Config.load(SHAPES_RECIPE)  # as `segkit train` without a recipe
+    else:
+        config = Config()
+    config.update(given)
+    data = config.data
+    split = args.split or data.train_split
+    print(
+        f"the first {args.show} training draws of {data.dataset!r} split {split!r} after "
+        f"augmentation (crop {data.crop_size}, seed {config.train.seed}), into {args.show_dir}"
+    )
+    failed = 0
+    for sample in show_training_samples(config, args.show, args.show_dir, split=split):
+        if sample.error is not None:
+            failed += 1
+            print(f"{sample.name}: could not draw it: {sample.error}")
+            continue
+        classes = ", ".join(sample.classes) or "no class"
+        print(f"{sample.path}: {classes}; {100 * sample.ignored:.1f}% ignored")
+    return 1 if failed else 0
 
 
 def _print_frequencies(dataset: SegmentationDataset, report: ScanReport) -> None:

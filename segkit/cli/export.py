@@ -13,8 +13,9 @@ the command fails and removes the file.
 onnxruntime --onnx FILE``.
 
 The file records the checkpoint's weights fingerprint and metadata (classes, palette,
-normalisation): ``segkit eval/predict --runtime onnxruntime`` refuse a file exported from
-another checkpoint than their ``--checkpoint``.
+normalisation, and the inference protocol its run was validated with): ``segkit
+eval/predict --runtime onnxruntime`` refuse a file exported from another checkpoint than their
+``--checkpoint``, and ``segkit.Predictor("model.onnx")`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from segkit.deploy.onnx import (
 )
 from segkit.deploy.quantize import CALIBRATION_METHODS
 from segkit.engine.data import build_val_dataset
+from segkit.predictor import checkpoint_protocol
 
 
 def static_size(text: str) -> tuple[int, int]:
@@ -147,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             calibration=calibration_images(args, checkpoint) if args.int8 else (),
             calibration_method=args.calibration_method,
             min_agreement=args.min_agreement,
+            inference=checkpoint_protocol(checkpoint),
         )
     except ExportError as err:
         print(f"segkit export: failed: {err}")

@@ -2,8 +2,18 @@
 
 Inputs are files, folders (searched recursively) or glob patterns; a file reached twice (by a
 folder and a glob, say) is predicted once. Each image's class-index mask is written as a palette
-PNG, which opens as colours and reads back (e.g. with PIL) as class indices; ``--overlay`` adds
-a colour blend next to it.
+PNG, which opens as colours and reads back (e.g. with PIL) as class indices. Beside it:
+
+- ``--overlay``: ``<name>_overlay.png``, the class colours blended over the image, except on the
+  background class, whose pixels keep the image as it is (:mod:`segkit.visualize` says why),
+  with a legend of the classes present on the right.
+- ``--side-by-side``: ``<name>_side.png``, the image | the colour mask, with the same legend.
+- ``--save-probs``: ``<name>_probs.npy``, the class probabilities ``C x H x W`` as float16
+  (``numpy.load``; float16 keeps 3 significant digits, plenty for values in 0..1, at half the
+  size of float32).
+
+The work is :class:`segkit.Predictor`'s, so ``segkit.Predictor(CKPT)(image)`` in Python gives
+the mask this command writes.
 
 Where outputs go: one root is computed for the whole call, the common ancestor of every folder
 input, every file input's folder and every glob's fixed leading folder (``photos`` for
@@ -25,11 +35,10 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import secrets
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +54,12 @@ from segkit.datasets import colorize, read_image
 from segkit.datasets.io import IMAGE_SUFFIXES
 from segkit.engine.device import resolve_device
 from segkit.engine.evaluate import inference_options
-from segkit.engine.inference import predict_mask
+from segkit.files import prepare_folder, write_atomically
+from segkit.predictor import Predictor
+from segkit.visualize import background_class, colour_mask, overlay, side_by_side, with_legend
+
+#: Output kind -> the suffix that replaces ``.png`` in the mask's file name.
+EXTRAS = {"overlay": "_overlay.png", "side": "_side.png", "probs": "_probs.npy"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overlay",
         action="store_true",
-        help="also write <name>_overlay.png: the class colours blended over the image",
+        help="also write <name>_overlay.png: the class colours blended over the image (the "
+        "background class left as it is) and a legend of the classes present",
     )
     parser.add_argument(
         "--overlay-alpha",
@@ -69,6 +84,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         metavar="A",
         help="opacity of the colours in the overlay, 0-1",
+    )
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="also write <name>_side.png: the image | the colour mask, with the legend",
+    )
+    parser.add_argument(
+        "--save-probs",
+        action="store_true",
+        help="also write <name>_probs.npy: the class probabilities C x H x W as float16",
     )
 
 
@@ -88,15 +113,16 @@ class Inputs:
 
 @dataclass
 class Job:
-    """One image to predict and the files it writes (``overlay`` is None without --overlay)."""
+    """One image to predict and the files it writes: the mask and the ``extras`` asked for
+    (kind in :data:`EXTRAS` -> file)."""
 
     source: Path
     mask: Path
-    overlay: Path | None
+    extras: dict[str, Path] = field(default_factory=dict)
 
     @property
     def outputs(self) -> list[Path]:
-        return [self.mask] if self.overlay is None else [self.mask, self.overlay]
+        return [self.mask, *self.extras.values()]
 
 
 def _glob_base(pattern: str) -> Path:
@@ -149,10 +175,11 @@ def collect_inputs(inputs: list[str], out: Path | None = None) -> Inputs:
     return result
 
 
-def plan_outputs(files: list[Path], root: Path, out: Path, overlay: bool) -> list[Job]:
-    """Output paths of ``files``: ``out / <path relative to root>`` with ``.png``.
+def plan_outputs(files: list[Path], root: Path, out: Path, extras: Sequence[str] = ()) -> list[Job]:
+    """Output paths of ``files``: ``out / <path relative to root>`` with ``.png``, and those
+    of the ``extras`` kinds (:data:`EXTRAS`) beside it.
 
-    Inputs whose outputs (mask or overlay) would coincide keep their suffix in the name
+    Inputs whose outputs (mask or extras) would coincide keep their suffix in the name
     (``a.jpg`` -> ``a.jpg.png``), repeated until every output is distinct.
 
     Raises:
@@ -165,8 +192,8 @@ def plan_outputs(files: list[Path], root: Path, out: Path, overlay: bool) -> lis
             rel = file.relative_to(root)
             name = rel.name if i in keep_suffix else rel.stem
             target = out / rel.parent / name
-            extra = target.with_name(f"{name}_overlay.png") if overlay else None
-            jobs.append(Job(file, target.with_name(f"{name}.png"), extra))
+            paths = {kind: target.with_name(name + EXTRAS[kind]) for kind in extras}
+            jobs.append(Job(file, target.with_name(f"{name}.png"), paths))
         owners: dict[Path, list[int]] = {}
         for i, job in enumerate(jobs):
             for path in job.outputs:
@@ -199,31 +226,14 @@ def check_outputs(jobs: list[Job], out: Path) -> None:
 
 def prepare_out(out: Path) -> None:
     """Create ``out`` and check that a file can be written in it."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".segkit-probe-{secrets.token_hex(4)}"
-        probe.open("xb").close()
-        probe.unlink()
-    except OSError as err:
-        reason = (err.strerror or str(err)).lower()
-        where = f": {err.filename}" if err.filename and Path(err.filename) != out else ""
-        raise ValueError(
-            f"cannot write predictions to --out {out} ({reason}{where}); give another --out"
-        ) from err
+    prepare_folder(out, "--out")
 
 
-def save_png(image: Image.Image, path: Path) -> None:
-    """Write ``image`` as PNG atomically: a kill or an error leaves the old file or the new
-    one at ``path``, never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("xb") as handle:  # mode 0o666 minus umask, like any new file
-            image.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def save_png(image: Image.Image | np.ndarray, path: Path) -> None:
+    """Write ``image`` (PIL, or ``H x W x 3`` uint8) as PNG atomically: a kill or an error
+    leaves the old file or the new one at ``path``, never a partial file."""
+    picture = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    write_atomically(path, lambda handle: picture.save(handle, format="PNG"))
 
 
 def reason(err: Exception, limit: int = 300) -> str:
@@ -247,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must be a folder; {out} is a file")
     inputs = collect_inputs(args.inputs, out)
     root = Path(os.path.commonpath(inputs.folders)) if inputs.folders else Path.cwd()
-    jobs = plan_outputs(inputs.files, root, out, args.overlay)
+    asked = {"overlay": args.overlay, "side": args.side_by_side, "probs": args.save_probs}
+    jobs = plan_outputs(inputs.files, root, out, [kind for kind, on in asked.items() if on])
     check_outputs(jobs, out)
 
     if not 0 <= args.overlay_alpha <= 1:
@@ -255,12 +266,19 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     checkpoint, model = open_model(args, device)
     config = inference_config(args, checkpoint)
-    meta = model.meta
-    runner = runtime_model(args, model)
-    options = inference_options(config.eval)
-    mean = torch.tensor(meta["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(meta["std"], device=device).view(1, 3, 1, 1)
-    palette = [tuple(c) for c in meta["palette"]]
+    # The runtime (torch fast path or --onnx file, checked against the checkpoint) and the
+    # protocol come from the shared flags; the predictor does the rest.
+    protocol = inference_options(config.eval)
+    predictor = Predictor(
+        runtime_model(args, model),
+        device=device,
+        meta=model.meta,
+        mode=protocol["mode"],
+        window=protocol["window"],
+        stride=protocol["stride"],
+        scales=protocol["scales"],
+        flip=protocol["flip"],
+    )
     prepare_out(out)
 
     failures = list(inputs.missing)
@@ -272,9 +290,12 @@ def run(args: argparse.Namespace) -> int:
         for job in tqdm(jobs, desc="predict", unit="img"):
             try:
                 image = read_image(job.source)
-                x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255
-                mask = predict_mask(runner, (x - mean) / std, **options)[0].to(torch.uint8).cpu()
-                write_outputs(job, image, mask, palette, args.overlay_alpha)
+                if "probs" in job.extras:
+                    result = predictor.predict(image)
+                    mask, probs = result.mask, result.probs
+                else:
+                    mask, probs = predictor(image), None
+                write_outputs(job, image, mask, probs, predictor, args.overlay_alpha)
             except Exception as err:  # any failure: one bad file must not stop the others
                 failed = f"{job.source}: {reason(err)}"
             else:
@@ -293,13 +314,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_outputs(
-    job: Job, image: np.ndarray, mask: torch.Tensor, palette: list[Any], alpha: float | None
+    job: Job,
+    image: np.ndarray,
+    mask: np.ndarray,
+    probs: np.ndarray | None,
+    predictor: Predictor,
+    alpha: float,
 ) -> None:
-    """Save the palette mask (``H x W`` uint8) and, with ``alpha``, the overlay on ``image``
-    (``H x W x 3`` uint8)."""
-    coloured = colorize(mask, palette)
-    save_png(coloured, job.mask)
-    if job.overlay is not None and alpha is not None:
-        rgb = np.asarray(coloured.convert("RGB"), dtype=np.float32)
-        blended = (1 - alpha) * image + alpha * rgb
-        save_png(Image.fromarray(blended.round().astype(np.uint8)), job.overlay)
+    """Save the palette mask (``H x W``) and the job's extras: the overlay (``alpha``) and the
+    side-by-side picture of ``image`` (``H x W x 3`` uint8) with their legend, and ``probs``
+    (``C x H x W``) as float16 ``.npy``."""
+    names, palette = predictor.class_names, predictor.palette
+    save_png(colorize(mask, palette), job.mask)
+    if "overlay" in job.extras:
+        blended = overlay(image, mask, palette, alpha=alpha, keep=background_class(names))
+        save_png(with_legend(blended, mask, names, palette), job.extras["overlay"])
+    if "side" in job.extras:
+        pair = side_by_side(image, colour_mask(mask, palette))
+        save_png(with_legend(pair, mask, names, palette), job.extras["side"])
+    if "probs" in job.extras and probs is not None:
+        half = probs.astype(np.float16)
+        write_atomically(job.extras["probs"], lambda handle: np.save(handle, half))

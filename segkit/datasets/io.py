@@ -218,22 +218,36 @@ def _decode(path: Path, *, as_mask: bool) -> np.ndarray:
     )
 
 
+def pil_to_rgb8(image: Image.Image) -> np.ndarray:
+    """A PIL image as ``H x W x 3`` ``uint8`` RGB by the module's rule: what :func:`read_image`
+    returns for a file PIL decodes to ``image``.
+
+    Raises:
+        ValueError: a shape or pixel type the rule does not cover.
+    """
+    return to_rgb8(_pil_array(image, as_mask=False))
+
+
 def _decode_pil(path: Path, *, as_mask: bool) -> np.ndarray:
     with Image.open(path) as image:
         image.load()  # decode now, so a truncated file fails here
-        mode = image.mode
-        if mode == "1":
-            return np.asarray(image.convert("L")) // (255 if as_mask else 1)
-        if as_mask and mode in ("P", "PA"):
-            return np.asarray(image)[..., 0] if mode == "PA" else np.asarray(image)
-        if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBa", "La"):
-            return np.asarray(image.convert("RGB"))
-        array = np.asarray(image)
-        if mode.startswith("I;16"):
-            return array.astype(np.uint16)
-        if mode == "I" and array.size and array.min() >= 0 and array.max() <= 65535:
-            return array.astype(np.uint16)  # 16-bit PNGs open as 32-bit "I" in some Pillow versions
-        return array
+        return _pil_array(image, as_mask=as_mask)
+
+
+def _pil_array(image: Image.Image, *, as_mask: bool) -> np.ndarray:
+    mode = image.mode
+    if mode == "1":
+        return np.asarray(image.convert("L")) // (255 if as_mask else 1)
+    if as_mask and mode in ("P", "PA"):
+        return np.asarray(image)[..., 0] if mode == "PA" else np.asarray(image)
+    if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBa", "La"):
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if mode.startswith("I;16"):
+        return array.astype(np.uint16)
+    if mode == "I" and array.size and array.min() >= 0 and array.max() <= 65535:
+        return array.astype(np.uint16)  # 16-bit PNGs open as 32-bit "I" in some Pillow versions
+    return array
 
 
 def _decode_tifffile(path: Path, *, as_mask: bool) -> np.ndarray:

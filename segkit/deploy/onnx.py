@@ -14,8 +14,10 @@ The file records which weights it was exported from: ONNX ``metadata_props`` (To
 extra files) hold ``segkit.weights_fingerprint`` (:func:`segkit.checkpoint.weights_fingerprint`
 of the model as given, before batch-norm folding) and ``segkit.meta``, a JSON object with the
 class names, palette, normalisation and ignore index of ``model.meta``, the input layout and
-the output kind; ``segkit eval/predict --runtime onnxruntime`` check the fingerprint against
-the checkpoint.
+the output kind, and (when given) ``inference``, the protocol the checkpoint's run was
+validated with (mode, window, stride, scales, flip, crop_size), so the file alone is enough to
+predict with (:class:`segkit.Predictor`); ``segkit eval/predict --runtime onnxruntime`` check
+the fingerprint against the checkpoint.
 
 ``int8=True`` (ONNX only) then quantises the checked float file with ONNX Runtime
 (:mod:`segkit.deploy.quantize`), calibrated on ``calibration`` images; a quarter of them (at least
@@ -35,10 +37,10 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,9 +51,6 @@ from segkit.deploy.ort import input_name, ort_session
 from segkit.files import check_writable_file, default_file_mode
 from segkit.models.layers import resize
 from segkit.weights import weights_fingerprint
-
-if TYPE_CHECKING:
-    pass
 
 FORMATS = ("onnx", "torchscript")
 #: File name suffix -> the format it implies (lower case; the first per format is its usual one).
@@ -125,6 +124,7 @@ def export(
     calibration: Sequence[Tensor] = (),
     calibration_method: str = "minmax",
     min_agreement: float = 0.9,
+    inference: Mapping[str, Any] | None = None,
 ) -> ExportReport:
     """Export ``model`` to ``path`` and verify the file (see the module docstring).
 
@@ -140,6 +140,8 @@ def export(
             when it is given).
         calibration_method: ``minmax``, ``percentile`` or ``entropy`` (int8 only).
         min_agreement: least share of held-out pixels the int8 model must classify as PyTorch.
+        inference: the inference protocol to record (``mode``, ``window``, ``stride``,
+            ``scales``, ``flip``, ``crop_size``: :func:`segkit.predictor.checkpoint_protocol`).
 
     Returns:
         Where the file went and how far its outputs are from PyTorch's.
@@ -157,7 +159,7 @@ def export(
         raise ValueError("int8 quantisation is for ONNX exports (write a .onnx file)")
     if int8 and not calibration:
         raise ValueError("int8 quantisation needs calibration images; none were given")
-    identity = export_metadata(model, argmax=argmax, static=static)
+    identity = export_metadata(model, argmax=argmax, static=static, inference=inference)
     net = copy.deepcopy(model).cpu().eval()
     fold_batchnorm(net)
     wrapped = _Exported(net, argmax).eval()
@@ -331,9 +333,15 @@ def check_output_path(path: Path, format: str = "onnx") -> None:
 
 
 def export_metadata(
-    model: nn.Module, *, argmax: bool, static: tuple[int, int] | None
+    model: nn.Module,
+    *,
+    argmax: bool,
+    static: tuple[int, int] | None,
+    inference: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """``{FINGERPRINT_KEY: sha256, META_KEY: JSON}``: what an exported file records."""
+    """``{FINGERPRINT_KEY: sha256, META_KEY: JSON}``: what an exported file records (the JSON
+    holds :data:`META_FIELDS` of ``model.meta``, ``model``, ``input``, ``output`` and, when
+    given, ``inference``)."""
     meta = getattr(model, "meta", None) or {}
     height, width = static or ("H", "W")
     info = {key: meta[key] for key in META_FIELDS if key in meta}
@@ -350,6 +358,8 @@ def export_metadata(
         "shape": ["N", height, width] if argmax else ["N", "C", height, width],
         "dtype": "int64" if argmax else "float32",
     }
+    if inference is not None:
+        info["inference"] = dict(inference)
     return {
         FINGERPRINT_KEY: weights_fingerprint(model),
         META_KEY: json.dumps(info, default=str),

@@ -6,7 +6,10 @@
 - ``run_log``, ``progress``, ``summary``, ``report``: what a run says and writes.
 - ``signals``: stopping cleanly on SIGINT/SIGTERM/SIGHUP; ``device``: devices and RNG state.
 - ``data``: datasets and reproducible loaders; ``optim``: optimiser and LR schedule.
-- ``dry_run``: ``segkit train --dry-run``.
+- ``run_report``: a run folder as one HTML page (``report_html`` draws it, with
+  ``report_classes``, ``report_pictures`` and ``report_markup``); ``val_samples``: the best and
+  worst validation images it shows.
+- ``dry_run``: ``segkit train --dry-run``; ``show_samples``: ``segkit doctor --show``.
 - ``inference`` holds the one inference function (whole image, sliding window, multi-scale and
   flip) used by evaluation (``evaluate``), prediction and validation during training.
 """

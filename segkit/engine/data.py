@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from segkit.config import Config, component_values
 from segkit.datasets import (
+    JointTransform,
     Problem,
     SampleError,
     SegmentationDataset,
@@ -193,8 +194,22 @@ class _RaisingIterator:
 def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
     """The training and validation datasets of a run, with their transforms."""
     data = config.data
-    options = _dataset_options(config)
-    train_tf = build_train_transforms(
+    train = build_dataset(
+        data.dataset,
+        root=data.root,
+        split=data.train_split,
+        transform=train_transforms(config),
+        **configured_dataset_options(config),
+    )
+    val = build_val_dataset(config)
+    return train, val
+
+
+def train_transforms(config: Config) -> JointTransform:
+    """The training augmentation of a run (scale, pad, crop, flip, jitter, normalise), as
+    ``config.data`` sets it; also what ``segkit doctor --show`` draws."""
+    data = config.data
+    return build_train_transforms(
         data.crop_size,
         scale_range=tuple(data.scale_range) if data.scale_range else None,
         hflip=data.hflip,
@@ -203,11 +218,6 @@ def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDat
         std=data.std,
         ignore_index=config.train.ignore_index,
     )
-    train = build_dataset(
-        data.dataset, root=data.root, split=data.train_split, transform=train_tf, **options
-    )
-    val = build_val_dataset(config)
-    return train, val
 
 
 def build_val_dataset(config: Config, split: str | None = None) -> SegmentationDataset:
@@ -221,7 +231,7 @@ def build_val_dataset(config: Config, split: str | None = None) -> SegmentationD
         std=data.std,
         ignore_index=config.train.ignore_index,
     )
-    options = _dataset_options(config)
+    options = configured_dataset_options(config)
     options.pop("length", None)  # data.length sizes the training split; val_length this one
     if data.val_length is not None:
         options["length"] = data.val_length
@@ -230,7 +240,7 @@ def build_val_dataset(config: Config, split: str | None = None) -> SegmentationD
     )
 
 
-def _dataset_options(config: Config) -> dict[str, Any]:
+def configured_dataset_options(config: Config) -> dict[str, Any]:
     """The dataset's own options that are set (see :mod:`segkit.options`)."""
     data = config.data
     options = component_values(data)

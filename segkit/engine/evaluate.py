@@ -41,10 +41,14 @@ def evaluate(
     keep_samples: int = 0,
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    on_image: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> tuple[SegmentationMetrics, tuple[torch.Tensor, ...] | None]:
     """Score ``model`` on ``(image N x 3 x H x W, mask N x H x W)`` batches.
 
-    The confusion matrix is summed over all processes under torchrun.
+    The confusion matrix is summed over all processes under torchrun. ``on_image(prediction,
+    mask, image)`` (``H x W`` int64 and the normalised ``3 x H x W`` input, on ``device``) is
+    called for each image in the order of ``batches`` (``segkit eval --save-dir``:
+    :mod:`segkit.engine.image_scores`; a training run's report: :mod:`segkit.engine.val_samples`).
 
     Raises:
         EvaluationInterruptedError: ``should_stop()`` returned True before a batch (checked in a
@@ -72,6 +76,9 @@ def evaluate(
         logits = predict_logits(model, images, num_classes=num_classes, **inference_options(config))
         pred = logits.argmax(dim=1)
         metrics.update(pred, masks)
+        if on_image is not None:
+            for one_pred, one_mask, one_image in zip(pred, masks, images, strict=True):
+                on_image(one_pred, one_mask, one_image)
         if sum(len(k[0]) for k in kept) < keep_samples:
             kept.append((images.cpu(), masks.cpu(), pred.cpu()))
     metrics.all_reduce()

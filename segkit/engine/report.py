@@ -1,10 +1,13 @@
 """What a run writes besides checkpoints: config.yaml, metrics.jsonl, TensorBoard events, PNG
-plots."""
+plots, the validation samples of the report and report.html (:mod:`segkit.engine.run_report`).
+
+The report is a convenience: a failure to write it (or its samples) is one warning line and
+training goes on."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from segkit.config import Config
 from segkit.datasets import SegmentationDataset, colorize, denormalize
+from segkit.engine.report_html import write_report
 from segkit.engine.run_folder import read_metrics
+from segkit.engine.run_log import logger, one_line
+from segkit.engine.run_report import TrainCurves, read_train_curves
+from segkit.engine.val_samples import SAMPLES_FILE, Picks, save_picks
 
 
 def start_reporting(
@@ -31,7 +38,13 @@ def start_reporting(
     config.save(work_dir / "config.yaml")
     data = config.data
     return RunReporter(
-        work_dir, train_set.class_names, train_set.palette, data.mean, data.std, resume_at=resume_at
+        work_dir,
+        train_set.class_names,
+        train_set.palette,
+        data.mean,
+        data.std,
+        resume_at=resume_at,
+        ignore_index=config.train.ignore_index,
     )
 
 
@@ -45,6 +58,7 @@ class RunReporter:
         mean: normalisation mean (to show inputs).
         std: normalisation std.
         resume_at: the checkpoint's iteration when the run is resumed.
+        ignore_index: mask value of unlabelled pixels.
     """
 
     def __init__(
@@ -55,20 +69,26 @@ class RunReporter:
         mean: Sequence[float],
         std: Sequence[float],
         resume_at: int | None = None,
+        ignore_index: int = 255,
     ) -> None:
         self.work_dir = work_dir
         self.class_names = list(class_names)
         self.palette = list(palette)
         self.mean, self.std = list(mean), list(std)
+        self.ignore_index = ignore_index
+        self.curves = TrainCurves()
+        self.picks: Picks | None = None
+        if resume_at is not None:  # the curves so far, for the plots and the report
+            self._best_effort("read the training curves so far", self._read_history, resume_at)
         # On resume, TensorBoard drops the events an interrupted run logged after its checkpoint.
         purge = None if resume_at is None else resume_at + 1
         self.writer = SummaryWriter(log_dir=str(work_dir / "tensorboard"), purge_step=purge)
         self.metrics_path = work_dir / "metrics.jsonl"
-        self.losses: list[tuple[int, float]] = []
 
     def log_train(self, iteration: int, loss: float, parts: dict[str, float], lr: float) -> None:
         """Scalars of one training iteration."""
-        self.losses.append((iteration, loss))
+        self.curves.loss.append((iteration, loss))
+        self.curves.lr.append((iteration, lr))
         self.writer.add_scalar("train/loss", loss, iteration)
         for name, value in parts.items():
             self.writer.add_scalar(f"train/loss_{name}", value, iteration)
@@ -79,8 +99,10 @@ class RunReporter:
         record: dict[str, Any],
         confusion: torch.Tensor,
         samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        picks: Picks | None = None,
     ) -> None:
-        """Append to metrics.jsonl, write TensorBoard scalars/images, refresh the plots."""
+        """Append to metrics.jsonl, write TensorBoard scalars/images, refresh the plots, keep
+        the validation ``picks`` (best and worst images) and refresh report.html."""
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         iteration = record["iter"]
@@ -93,6 +115,36 @@ class RunReporter:
             self.writer.add_image("val/input_truth_prediction", self._grid(*samples), iteration)
         self.writer.flush()
         self._plot(confusion)
+        if picks is not None:
+            self.picks = picks
+            self._best_effort(
+                f"write {SAMPLES_FILE}", save_picks, self.work_dir / SAMPLES_FILE, picks
+            )
+        self.write_report()
+
+    def write_report(self) -> None:
+        """Write report.html from the run folder and what this reporter holds; a failure is
+        a warning."""
+        self._best_effort(
+            "write report.html",
+            write_report,
+            self.work_dir,
+            curves=self.curves,
+            picks=self.picks,
+            class_names=self.class_names,
+            palette=self.palette,
+            ignore_index=self.ignore_index,
+        )
+
+    def _read_history(self, resume_at: int) -> None:
+        self.curves = read_train_curves(self.work_dir, up_to=resume_at)
+
+    def _best_effort(self, what: str, write: Callable[..., object], *args, **kwargs) -> None:
+        """``write(*args, **kwargs)``; an error is one warning line, never the run's end."""
+        try:
+            write(*args, **kwargs)
+        except Exception as err:
+            logger.warning(f"could not {what}: {one_line(err) or repr(err)}; training goes on")
 
     def _grid(self, images: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor) -> np.ndarray:
         """Rows of (input, ground truth, prediction) as a ``3 x H x W`` uint8 array."""
@@ -109,8 +161,8 @@ class RunReporter:
         plots.mkdir(exist_ok=True)
 
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-        if self.losses:
-            its, losses = zip(*self.losses, strict=True)
+        if self.curves.loss:
+            its, losses = zip(*self.curves.loss, strict=True)
             left.plot(its, losses, lw=0.8)
         left.set(title="training loss", xlabel="iteration", yscale="log")
         right.plot([r["iter"] for r in records], [r["mIoU"] for r in records], marker="o")

@@ -40,7 +40,8 @@ LOCK_NAME = ".segkit.lock"
 # What `segkit train` writes into a run folder; their presence means "a run lives here".
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "checkpoints", "tensorboard", "plots")
 # train.log is not a sign of a run: a run that failed its checks before training leaves one.
-RUN_OUTPUTS = (*RUN_ENTRIES, "bad_samples.txt", "train.log")
+# report.html and val_samples.npz: engine/run_report.py and engine/val_samples.py.
+RUN_OUTPUTS = (*RUN_ENTRIES, "bad_samples.txt", "train.log", "report.html", "val_samples.npz")
 # Settings a resume may change (fnmatch patterns over dotted config keys).
 RESUME_MAY_CHANGE = (
     "work_dir",

@@ -28,9 +28,11 @@ from segkit.engine.evaluate import EvaluationInterruptedError, evaluate
 from segkit.engine.progress import TrainProgress, is_terminal, validation_batches, validation_line
 from segkit.engine.report import RunReporter, start_reporting
 from segkit.engine.run_log import RunLogFile, console_output, logger
+from segkit.engine.run_report import REPORT_FILE
 from segkit.engine.run_state import Checkpoints, TrainingDivergedError, load_resume_state
 from segkit.engine.signals import StopRequest, stop_signals_blocked
 from segkit.engine.summary import describe_run
+from segkit.engine.val_samples import SamplePicker, gather_picks
 
 
 class Trainer:
@@ -224,6 +226,7 @@ class Trainer:
             batches = validation_batches(self.val_loader, tty=self.tty, iteration=done)
         began = time.perf_counter()
         self._validating = True
+        picker = self._sample_picker()
         metrics, samples = evaluate(
             self.model,
             batches,
@@ -234,22 +237,43 @@ class Trainer:
             config=self.config.eval,
             keep_samples=4,
             should_stop=(lambda: stop.signum is not None) if single else None,
+            on_image=picker,
         )
         self._validating = False
         self._apply_train_mode()
+        picks = gather_picks(picker, done)  # every rank takes part; rank 0 gets them all
         lr = self.optimizer.param_groups[-1]["lr"]
-        record = {"iter": done, **metrics.compute(), "loss": loss, "lr": lr}
-        record["seconds"] = round(time.perf_counter() - started, 2)
+        record = {"iter": done, **metrics.compute(), "per_class_acc": metrics.per_class_acc()}
+        record |= {"loss": loss, "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
+        record["confusion"] = metrics.matrix.cpu().tolist()  # for the report; last, it is long
         self._last_miou = f"{record['mIoU']:.3f}"
         self._last_table = metrics.format_table()
         self._save(done, record)
         if self.main:
             seconds = time.perf_counter() - began
             logger.info(validation_line(record, best=self.checkpoints.best_score, seconds=seconds))
-            self.reporter.log_validation(record, metrics.matrix, samples)
+            if picks is not None and picks.error is not None:
+                logger.warning(f"validation samples of the report left out: {picks.error}")
+            self.reporter.log_validation(record, metrics.matrix, samples, picks)
         return record
 
+    def _sample_picker(self) -> SamplePicker:
+        """The report's best and worst validation images, from this process's share."""
+        if self._val_names is None:
+            self._val_names = [self.val_set.sample_name(i) for i in range(len(self.val_set))]
+        data = self.config.data
+        return SamplePicker(
+            self._val_names,
+            class_names=self.train_set.class_names,
+            mean=data.mean,
+            std=data.std,
+            ignore_index=self.config.train.ignore_index,
+            first=self.rank,
+            step=self.world,
+        )
+
     _last_miou = "-"
+    _val_names: list[str] | None = None
     _validating = False
     _last_table = ""
     tty = False  # rank 0's standard output is a terminal: bars, not plain lines
@@ -278,7 +302,9 @@ class Trainer:
         if "stopped_at" not in record and self._last_table:
             title = f"results of the validation at iteration {record['iter']}:"
             logger.info(f"{title}\n{self._last_table}")
-        logger.info(f"run written to {self.work_dir}")
+        logger.info(f"run written to {self.work_dir} (report: {self.work_dir / REPORT_FILE})")
+        if self.reporter is not None:  # after the last line: the report says how the run ended
+            self.reporter.write_report()
 
     def close(self, error: BaseException | None = None) -> None:
         """Flush the logs and release the run folder (also after a failure, ``error``, which

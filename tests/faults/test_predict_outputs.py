@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from segkit import predictor as predictor_module
 from segkit.checkpoint import load_model, save_checkpoint
 from segkit.cli import main
-from segkit.cli import predict as predict_cli
 from segkit.datasets import read_image
 from segkit.deploy.optimize import optimize_for_inference
-from segkit.engine.inference import predict_mask
+from segkit.engine.inference import predict_logits, predict_mask
 from segkit.models import create_model
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -73,14 +73,14 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def _count_calls(monkeypatch) -> list[tuple[int, ...]]:
-    """Record the input shape of every prediction predict makes."""
+    """Record the input shape of every prediction predict makes (through segkit.Predictor)."""
     calls: list[tuple[int, ...]] = []
 
     def counted(model, images, **options):
         calls.append(tuple(images.shape))
-        return predict_mask(model, images, **options)
+        return predict_logits(model, images, **options)
 
-    monkeypatch.setattr(predict_cli, "predict_mask", counted)
+    monkeypatch.setattr(predictor_module, "predict_logits", counted)
     return calls
 
 
@@ -139,9 +139,9 @@ def test_one_failing_image_does_not_stop_the_rest(
     def fail_on_big(model, images, **options):
         if tuple(images.shape[-2:]) == (64, 56):
             raise error
-        return predict_mask(model, images, **options)
+        return predict_logits(model, images, **options)
 
-    monkeypatch.setattr(predict_cli, "predict_mask", fail_on_big)
+    monkeypatch.setattr(predictor_module, "predict_logits", fail_on_big)
     out = tmp_path / "out"
     assert _predict(ckpt, src, "--out", out) == 1
     assert _files(out) == {"a.png", "c.png"}  # no partial or temporary file either

@@ -31,9 +31,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from segkit.checkpoint import model_from_checkpoint
 from segkit.config import Config, with_eval_defaults
-from segkit.convert import open_checkpoint
+from segkit.convert import open_model
 from segkit.datasets.io import pil_to_rgb8, read_image, to_rgb8
 from segkit.deploy.optimize import optimize_for_inference
 from segkit.engine.device import resolve_device
@@ -211,8 +210,7 @@ def _load(
                 "exported (see `segkit export --int8`)"
             )
         return (*_open_onnx(path), "onnxruntime")
-    checkpoint = open_checkpoint(path, note=note or logger.info)
-    model = model_from_checkpoint(checkpoint, path, device=device)
+    checkpoint, model = open_model(path, device=device, note=note or logger.info)
     runner = optimize_for_inference(model, precision=precision, compile=compile)
     return runner, dict(model.meta), checkpoint_protocol(checkpoint), None, "torch"
 

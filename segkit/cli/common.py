@@ -20,9 +20,8 @@ from typing import Any
 
 import torch
 
-from segkit.checkpoint import model_from_checkpoint
 from segkit.config import Config, with_eval_defaults
-from segkit.convert import open_checkpoint
+from segkit.convert import open_model as open_model_file
 from segkit.deploy.optimize import PRECISIONS, optimize_for_inference
 from segkit.options import show_value
 from segkit.values import choices_of, type_options
@@ -229,11 +228,11 @@ def open_model(
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     """``--checkpoint``'s entries and its model (eval mode, on ``device``). Another project's
     checkpoint (:mod:`segkit.convert`) is converted in memory, with one note line saying so."""
-    checkpoint = open_checkpoint(
+    return open_model_file(
         args.checkpoint,
+        device=device,
         note=lambda line: print(f"segkit {args.command}: note: {line}", file=sys.stderr),
     )
-    return checkpoint, model_from_checkpoint(checkpoint, args.checkpoint, device=device)
 
 
 def runtime_model(args: argparse.Namespace, model: torch.nn.Module) -> Any:

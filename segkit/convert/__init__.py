@@ -25,6 +25,7 @@ from segkit.convert.checkpoints import (
     checkpoint_payload,
     foreign_weights,
     open_checkpoint,
+    open_model,
     write_checkpoint,
 )
 from segkit.convert.core import (
@@ -32,7 +33,7 @@ from segkit.convert.core import (
     convert,
     convert_checkpoint,
     detect,
-    is_foreign,
+    foreign_source,
 )
 from segkit.convert.layout import ConversionError, Found, regex_mapping
 from segkit.convert.result import Conversion
@@ -46,9 +47,10 @@ __all__ = [
     "convert",
     "convert_checkpoint",
     "detect",
+    "foreign_source",
     "foreign_weights",
-    "is_foreign",
     "open_checkpoint",
+    "open_model",
     "regex_mapping",
     "write_checkpoint",
 ]

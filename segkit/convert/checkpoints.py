@@ -8,10 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-from segkit.checkpoint import CHECKPOINT_FORMAT, checked_checkpoint, save_checkpoint
-from segkit.convert.core import convert, is_foreign
+from segkit.checkpoint import (
+    CHECKPOINT_FORMAT,
+    checked_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from segkit.convert.core import convert, foreign_source
 from segkit.convert.result import Conversion
 from segkit.weights import read_file
 
@@ -49,16 +55,23 @@ def open_checkpoint(
         FileNotFoundError, ValueError: see :func:`~segkit.checkpoint.load_checkpoint`; a file
             that is neither a segkit checkpoint nor a known layout gets segkit's own message.
     """
-    data = read_file(Path(path))
-    if not is_foreign(data):
+    data, conversion = _read_converting(
+        path, note, f" (`segkit convert {path} --out FILE.pt` writes it once)"
+    )
+    if conversion is None:
         return checked_checkpoint(data, path)
-    conversion = convert(data, label=str(path))
-    if note is not None:
-        note(
-            f"{path} is a {conversion.summary()} checkpoint: converted in memory (`segkit "
-            f"convert {path} --out FILE.pt` writes it once)"
-        )
     return {"format": CHECKPOINT_FORMAT, **checkpoint_payload(conversion)}
+
+
+def open_model(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    note: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], nn.Module]:
+    """:func:`open_checkpoint` and the model it describes (eval mode, on ``device``)."""
+    checkpoint = open_checkpoint(path, note=note)
+    return checkpoint, model_from_checkpoint(checkpoint, path, device=device)
 
 
 def foreign_weights(
@@ -66,10 +79,20 @@ def foreign_weights(
 ) -> dict[str, Tensor] | None:
     """The converted weights (segkit names) when ``path`` is another project's checkpoint,
     with one ``note`` line saying so; ``None`` for any other file (for ``--init-from``)."""
+    _, conversion = _read_converting(path, note)
+    return None if conversion is None else conversion.model.state_dict()
+
+
+def _read_converting(
+    path: str | os.PathLike, note: Callable[[str], None] | None, hint: str = ""
+) -> tuple[object, Conversion | None]:
+    """The file's contents and, when it is another project's checkpoint, its conversion
+    (detected once: the conversion uses the layout found)."""
     data = read_file(Path(path))
-    if not is_foreign(data):
-        return None
-    conversion = convert(data, label=str(path))
+    source = foreign_source(data)
+    if source is None:
+        return data, None
+    conversion = convert(data, source=source, label=str(path))
     if note is not None:
-        note(f"{path} is a {conversion.summary()} checkpoint: converted in memory")
-    return conversion.model.state_dict()
+        note(f"{path} is a {conversion.summary()} checkpoint: converted in memory{hint}")
+    return data, conversion

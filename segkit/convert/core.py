@@ -99,15 +99,15 @@ def detect(state: Mapping[str, Tensor], source: str = "auto", label: str = "the 
     return _find(dict(state), source, label)
 
 
-def is_foreign(data: object) -> bool:
-    """Whether a loaded file is another project's checkpoint rather than a segkit one."""
+def foreign_source(data: object) -> str | None:
+    """The key of :data:`SOURCES` whose layout a loaded file has, or ``None`` for a segkit
+    checkpoint or any other file."""
     if not isinstance(data, Mapping) or data.get("format") == CHECKPOINT_FORMAT:
-        return False
+        return None
     try:
-        _find(read_state_dict(data), "auto", "the file")
+        return _find(read_state_dict(data), "auto", "the file").source
     except (ValueError, TypeError):
-        return False
-    return True
+        return None
 
 
 def _label(src: object) -> str:

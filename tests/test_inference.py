@@ -154,3 +154,32 @@ def test_option_errors(images) -> None:
         predict_logits(model, images, num_classes=5)
     with pytest.raises(ValueError, match="N x 3 x H x W"):
         predict_logits(model, images[0])
+
+
+class _ColourModel(nn.Module):
+    """Predicts class 1 where the first channel is positive, else class 0 (dict output)."""
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        positive = (x[:, :1] > 0).float()
+        return {"out": torch.cat([1 - positive, positive], dim=1)}
+
+
+def test_validation_of_images_of_different_sizes_keeps_padded_samples() -> None:
+    from segkit.config import EvalConfig
+    from segkit.engine.evaluate import evaluate
+
+    batches = []
+    for height, width in ((20, 30), (26, 18), (16, 16)):  # as Pascal VOC: sizes vary
+        image = torch.randn(1, 3, height, width)
+        mask = (image[:, 0] > 0).long()
+        batches.append((image, mask))
+    metrics, samples = evaluate(
+        _ColourModel(), batches, num_classes=2, class_names=["a", "b"], ignore_index=255,
+        device=torch.device("cpu"), config=EvalConfig(), keep_samples=4,
+    )  # fmt: skip
+    assert metrics.compute()["mIoU"] == 1.0  # padding never reaches the scores
+    images, masks, preds = samples
+    assert images.shape == (3, 3, 26, 30) and masks.shape == preds.shape == (3, 26, 30)
+    assert torch.equal(masks[1, :26, :18], batches[1][1][0])
+    assert (masks[1, :, 18:] == 255).all() and (preds[0, 20:] == 255).all()
+    assert (images[2, :, 16:] == 0).all()

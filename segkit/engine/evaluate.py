@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segkit.config import EvalConfig
@@ -85,5 +86,20 @@ def evaluate(
     model.train(was_training)
     if not kept:
         return metrics, None
-    samples = tuple(torch.cat(parts)[:keep_samples] for parts in zip(*kept, strict=True))
-    return metrics, samples
+    images, masks, preds = (
+        torch.cat(_padded(parts, ignore_index))[:keep_samples] for parts in zip(*kept, strict=True)
+    )
+    return metrics, (images, masks, preds)
+
+
+def _padded(batches: tuple[torch.Tensor, ...], ignore_index: int) -> list[torch.Tensor]:
+    """Batches of images, masks or predictions of different sizes (whole-image validation of
+    a dataset whose images vary, such as Pascal VOC) padded at the bottom and right to the
+    largest, so they stack: images with 0, masks and predictions with ``ignore_index``."""
+    height = max(batch.shape[-2] for batch in batches)
+    width = max(batch.shape[-1] for batch in batches)
+    fill = 0.0 if batches[0].is_floating_point() else ignore_index
+    return [
+        F.pad(batch, (0, width - batch.shape[-1], 0, height - batch.shape[-2]), value=fill)
+        for batch in batches
+    ]

@@ -6,11 +6,14 @@ options of each head and each dataset are declared by the builder or class that 
 (:mod:`segkit.options`) and added to the ``model`` and ``data`` sections from there. The
 command line (:mod:`segkit.cli.train`) is generated from these declarations.
 
-The dataclass defaults are the standard DeepLabV3+ recipe of the popular repositories (SGD,
-lr 0.01, poly, crop 513, batch 16, 30k iterations). ``configs/shapes.yaml`` is the built-in
-recipe ``segkit train`` runs with no ``--config`` on the synthetic ``shapes`` set. An unknown
-key, a value of the wrong type or out of its limits is an error that names it and lists what is
-valid. ``None`` means "the component's own default".
+Fields whose best value depends on the run's situation (optimiser, learning rate, weight
+decay, warm-up, backbone LR multiplier, auxiliary head) or on its data (crop size, validation
+interval) default to ``None``: :mod:`segkit.engine.recipe` chooses them when the run starts and
+the start-up summary says what it chose and why; a value given by a recipe, a flag or ``--set``
+always wins. ``configs/shapes.yaml`` is the built-in recipe ``segkit train`` runs with no
+``--config`` on the synthetic ``shapes`` set. An unknown key, a value of the wrong type or out
+of its limits is an error that names it and lists what is valid. Elsewhere ``None`` means "the
+component's own default".
 """
 
 from __future__ import annotations
@@ -88,7 +91,11 @@ class _ModelSection:
     output_stride: int | None = option(
         None, help="stride of the deepest map: 8, 16 or 32 (none: 16; FCN-8s and JPU 32)"
     )
-    aux: bool = option(False, help="auxiliary FCN head on the stage before the last (training)")
+    aux: bool | None = option(
+        None,
+        help="auxiliary FCN head on the stage before the last, for deep supervision in training "
+        "(none: chosen from the situation, on from scratch)",
+    )
     jpu: bool | None = option(
         None, help="FastFCN joint pyramid upsampling neck (fcn, deeplabv3, encnet; none: off)"
     )
@@ -122,7 +129,12 @@ class _DataSection:
     skip_bad_samples: bool = option(
         False, help="leave unreadable or invalid samples out (listed in bad_samples.txt)"
     )
-    crop_size: int = option(513, help="side of the square training crop", min=1)
+    crop_size: int | None = option(
+        None,
+        help="side of the square training crop (none: from the training images' sizes, the "
+        "median short side rounded down to a multiple of 8, at most 512)",
+        min=1,
+    )
     scale_range: list[float] | None = option(
         help="random rescale range before cropping, e.g. 0.5,2.0 (none: no rescaling)",
         factory=lambda: [0.5, 2.0],
@@ -156,24 +168,46 @@ class _DataSection:
 class TrainConfig:
     """Optimisation, schedule, loss and the run's bookkeeping."""
 
-    iters: int = option(30000, help="optimiser steps of the whole run", min=1)
+    iters: int | None = option(
+        None,
+        help="optimiser steps of the whole run; --iters given beats a recipe's epochs (none: "
+        "200 epochs, at least 1000 and at most 30000 iterations)",
+        min=1,
+    )
     epochs: int | None = option(
-        None, help="train for this many passes over the data instead of --iters", min=1
+        None,
+        help="train for this many passes over the data instead of --iters (--epochs given "
+        "beats a recipe's iters; giving both is an error)",
+        min=1,
     )
     batch_size: int = option(16, help="images per step and process", min=1)
-    optimizer: str = option("sgd", help="optimiser", choices=OPTIMIZERS)
-    lr: float = option(0.01, help="peak learning rate of the head", above=0)
+    optimizer: str | None = option(
+        None, help="optimiser (none: chosen from the situation)", choices=OPTIMIZERS
+    )
+    lr: float | None = option(
+        None,
+        help="peak learning rate of the head (none: chosen from the situation and scaled with "
+        "the batch)",
+        above=0,
+    )
     momentum: float = option(0.9, help="SGD momentum", min=0, max=1)
-    weight_decay: float = option(1e-4, help="L2 weight decay", min=0)
+    weight_decay: float | None = option(
+        None, help="weight decay (none: chosen from the situation)", min=0
+    )
     lr_policy: str = option("poly", help="learning-rate schedule", choices=LR_POLICIES)
     poly_power: float = option(0.9, help="exponent of the poly schedule", min=0)
     step_size: int | None = option(
         None, help="step schedule: iterations per step (none: a third of the run)", min=1
     )
     step_gamma: float = option(0.1, help="step schedule: factor applied at each step")
-    warmup_iters: int = option(0, help="linear warm-up iterations", min=0)
+    warmup_iters: int | None = option(
+        None, help="linear warm-up iterations (none: chosen from the situation)", min=0
+    )
     backbone_lr_mult: float | None = option(
-        None, help="backbone LR = lr x this (none: 0.1 with pretrained weights, else 1.0)", min=0
+        None,
+        help="backbone LR = lr x this (none: chosen from the situation, 0.1 for a pretrained "
+        "backbone)",
+        min=0,
     )
     loss: str = option("ce", help="segmentation loss", choices=_loss_names)
     class_weights: list[float] | str | None = option(
@@ -196,7 +230,11 @@ class TrainConfig:
     amp: bool = option(False, help="mixed precision: fp16 on CUDA, bf16 on the CPU")
     channels_last: bool = option(True, help="NHWC activations: faster convolutions (oneDNN, cuDNN)")
     device: str = option("auto", help="auto: CUDA when available, else the CPU", choices=DEVICES)
-    val_interval: int = option(1000, help="validate and save checkpoints every N iterations", min=1)
+    val_interval: int | None = option(
+        None,
+        help="validate and save checkpoints every N iterations (none: a tenth of the run)",
+        min=1,
+    )
     log_interval: int = option(10, help="log the loss every N iterations", min=1)
     seed: int = option(0, help="seed of weights, sampling and augmentation")
     sync_bn: bool = option(False, help="synchronise BatchNorm across processes (CUDA)")
@@ -333,6 +371,11 @@ class Config:
             check_choices(value, choices_of(meta), key)
             setattr(section, name, value)
 
+    def value(self, key: str) -> Any:
+        """The value at a dotted key (``"train.lr"``)."""
+        section, name = self._locate(key)
+        return getattr(section, name)
+
     def _locate(self, key: str) -> tuple[Any, str]:
         parts = key.split(".")
         if len(parts) == 1 and parts[0] == "work_dir":
@@ -380,8 +423,9 @@ def find_recipe(name: str | Path) -> Path:
 
 def with_eval_defaults(config: Config) -> Config:
     """``config`` with ``eval.window`` defaulted for ``--mode slide``: the training crop size
-    (mmsegmentation's choice; the stride then defaults to two thirds of it)."""
-    if config.eval.mode == "slide" and config.eval.window is None:
+    (mmsegmentation's choice; the stride then defaults to two thirds of it), once it is known
+    (an unset crop is chosen when the run starts)."""
+    if config.eval.mode == "slide" and config.eval.window is None and config.data.crop_size:
         config.eval.window = config.data.crop_size
     return config
 

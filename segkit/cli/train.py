@@ -9,7 +9,6 @@ Under ``torchrun --nproc_per_node N -m segkit train ...`` it runs DistributedDat
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
@@ -114,10 +113,25 @@ def config_from_args(args: argparse.Namespace) -> Config:
     recipe_model = config.model.name
     given = given_values(args, config_flags()) | parse_set(args.set)
     config.update(given)
+    _budget_precedence(config, set(given))
     if config.model.name != recipe_model:
         _drop_foreign_head_options(config, recipe_model, set(given))
     config.train.resume, config.train.overwrite = resume, overwrite
     return config
+
+
+def _budget_precedence(config: Config, given: set[str]) -> None:
+    """The length given on the command line beats the recipe's: ``--iters`` over a recipe's
+    ``epochs`` and ``--epochs`` over its ``iters``; giving both is an error."""
+    if {"train.iters", "train.epochs"} <= given:
+        raise ValueError(
+            f"--iters {config.train.iters} and --epochs {config.train.epochs} both set the "
+            "length of the run: give one of them"
+        )
+    if "train.iters" in given:
+        config.train.epochs = None
+    elif "train.epochs" in given:
+        config.train.iters = None
 
 
 def _drop_foreign_head_options(config: Config, recipe_model: str, given: set[str]) -> None:
@@ -171,15 +185,22 @@ def _run_config(work_dir: str | None) -> Config:
 
 
 def printed_config(config: Config) -> str:
-    """The configuration as YAML, with what can be decided without reading data decided: the
-    backbone LR multiplier and the sliding window (the work dir's name, ``--epochs`` and
-    ``auto`` class weights are decided when the run starts, and written to its config.yaml)."""
-    from segkit.engine.optim import resolve_backbone_lr_mult
+    """The configuration as YAML, with what can be decided without reading data decided (the
+    situational values of :mod:`segkit.engine.recipe`, the sliding window); a comment names the
+    situation and what the run decides from its data when it starts (written to its
+    config.yaml, with the work dir's name and ``auto`` class weights)."""
+    from segkit.engine.recipe import choose_recipe
 
-    shown = copy.deepcopy(config)
-    pretrained = bool(config.model.pretrained_backbone or config.train.init_from)
-    shown.train.backbone_lr_mult = resolve_backbone_lr_mult(config.train, pretrained)
-    return yaml.safe_dump(shown.to_dict(), sort_keys=False)
+    recipe = choose_recipe(config)
+    later = [
+        key
+        for key in ("data.crop_size", "train.iters", "train.warmup_iters", "train.val_interval")
+        if recipe.config.value(key) is None
+    ]
+    header = f"# {recipe.lines()[0]}\n"
+    if later:
+        header += f"# decided from the data when the run starts: {', '.join(later)}\n"
+    return header + yaml.safe_dump(recipe.config.to_dict(), sort_keys=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,15 +1,14 @@
 """Setting up a run: the resolved configuration, then the parts the training loop drives.
 
-:func:`resolve_config` fills in what a recipe leaves to the run (the work folder, the number of
-iterations of an ``epochs`` recipe, the backbone learning-rate multiplier, ``auto`` class
-weights) in one step, on a copy: the resolved configuration is what config.yaml and the
-checkpoints record. :func:`build_run` makes the model, loaders, optimiser, schedule, gradient
-scaler and loss from it.
+:func:`resolve_config` fills in what a recipe leaves to the run (the situational values of
+:mod:`segkit.engine.recipe`, the work folder, the number of iterations of an ``epochs``
+recipe, ``auto`` class weights) in one step, on a copy: the resolved configuration is what
+config.yaml and the checkpoints record. :func:`build_run` makes the model, loaders, optimiser,
+schedule, gradient scaler and loss from it.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +25,9 @@ from segkit.convert import foreign_weights
 from segkit.datasets import SampleError, SegmentationDataset
 from segkit.datasets.preflight import preflight, problem_lines
 from segkit.engine import distributed as dist
-from segkit.engine.data import batches_per_epoch, build_datasets, make_loader
-from segkit.engine.optim import build_optimizer, build_scheduler, resolve_backbone_lr_mult
+from segkit.engine.data import build_datasets, make_loader
+from segkit.engine.optim import build_optimizer, build_scheduler
+from segkit.engine.recipe import Recipe, choose_recipe
 from segkit.engine.run_log import logger
 from segkit.losses import build_criterion, compute_class_weights
 from segkit.models import Segmenter, create_model
@@ -45,7 +45,9 @@ def resolve_config(
     """A copy of ``config`` with what the run decides filled in; ``config`` is left as it is.
 
     Args:
-        config: the run's configuration as given (recipe, flags, ``--set``).
+        config: the run's configuration as given (recipe, flags, ``--set``), or as
+            :func:`~segkit.engine.recipe.choose_recipe` resolved it; what is still unset is
+            chosen by it now (without the images: an unset crop stays unset).
         work_dir: the run folder (``config.work_dir`` or a new default one).
         train_size: samples in the training split, after the pre-flight check; with ``epochs``
             set, ``iters`` becomes ``epochs`` times the batches per epoch.
@@ -61,15 +63,9 @@ def resolve_config(
             f"class_weights={config.train.class_weights!r} needs the resolved weights: pass "
             "class_weights=class_weights_for(config, train_set)"
         )
-    resolved = copy.deepcopy(config)
-    train = resolved.train
+    resolved = choose_recipe(config, train_size=train_size, world=world).config
     resolved.work_dir = str(work_dir)
-    pretrained = bool(config.model.pretrained_backbone or config.train.init_from)
-    train.backbone_lr_mult = resolve_backbone_lr_mult(config.train, pretrained)
-    if train.epochs is not None:
-        per_epoch = batches_per_epoch(train_size, batch_size=train.batch_size, world=world)
-        train.iters = train.epochs * per_epoch
-    train.class_weights = class_weights
+    resolved.train.class_weights = class_weights
     return resolved
 
 
@@ -132,14 +128,17 @@ def prepare_run(
     rank: int = 0,
     world: int = 1,
     init_weights: bool = True,
-) -> tuple[Config, tuple[SegmentationDataset, SegmentationDataset], RunParts]:
+) -> tuple[Config, Recipe, tuple[SegmentationDataset, SegmentationDataset], RunParts]:
     """Datasets, checked; the configuration, resolved; the run's parts, built from it.
 
     Returns:
-        The resolved configuration, the training and validation datasets, and the parts (see
-        :func:`build_run` for the arguments).
+        The resolved configuration, the recipe chosen for it (what was decided and why), the
+        training and validation datasets, and the parts (see :func:`build_run` for the
+        arguments).
     """
     train_set, val_set = build_datasets(config)
+    recipe = choose_recipe(config, train_set, world=world)
+    config = recipe.config
     run_preflight((train_set, val_set), config, work_dir, main=rank == 0)
     resolved = resolve_config(
         config,
@@ -152,7 +151,7 @@ def prepare_run(
         resolved, train_set, val_set, device=device, rank=rank, world=world,
         init_weights=init_weights,
     )  # fmt: skip
-    return resolved, (train_set, val_set), parts
+    return resolved, recipe, (train_set, val_set), parts
 
 
 def build_model(config: Config, num_classes: int, meta: dict[str, Any] | None = None) -> Segmenter:

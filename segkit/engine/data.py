@@ -14,15 +14,18 @@ decides when to stop, saves a checkpoint and exits.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import signal
+import statistics
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from segkit.config import Config, component_values
@@ -191,18 +194,29 @@ class _RaisingIterator:
         return getattr(self._inner, name)
 
 
+CROP_MULTIPLE, MIN_CROP, MAX_CROP = 8, 32, 512  # an unset crop: see crop_from_sizes
+SIZE_SAMPLES = 64  # training images whose sizes decide an unset crop
+
+
 def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """The training and validation datasets of a run, with their transforms."""
+    """The training and validation datasets of a run, with their transforms (an unset
+    ``data.crop_size`` is chosen from the training images: :func:`crop_from_sizes`)."""
     data = config.data
     train = build_dataset(
-        data.dataset,
-        root=data.root,
-        split=data.train_split,
-        transform=train_transforms(config),
-        **configured_dataset_options(config),
+        data.dataset, root=data.root, split=data.train_split, **configured_dataset_options(config)
     )
-    val = build_val_dataset(config)
-    return train, val
+    config = with_crop(config, train)
+    train.transform = train_transforms(config)
+    return train, build_val_dataset(config)
+
+
+def with_crop(config: Config, train_set: SegmentationDataset) -> Config:
+    """``config``, or a copy with ``data.crop_size`` chosen from ``train_set``'s images."""
+    if config.data.crop_size is not None:
+        return config
+    config = copy.deepcopy(config)
+    config.data.crop_size, _ = crop_from_sizes(image_sizes(train_set))
+    return config
 
 
 def train_transforms(config: Config) -> JointTransform:
@@ -293,3 +307,33 @@ def make_loader(
         # A private generator: creating iterators must not consume the global RNG.
         generator=torch.Generator(),
     )
+
+
+def image_sizes(dataset: SegmentationDataset, count: int = SIZE_SAMPLES) -> list[tuple[int, int]]:
+    """``(width, height)`` of up to ``count`` training images spread over the split (only the
+    file headers are read; generated samples are made)."""
+    length = len(dataset)
+    picks = sorted({i * length // count for i in range(count)}) if length > count else range(length)
+    sizes = []
+    for index in picks:
+        image_path, _ = dataset.sample_paths(index)
+        if image_path is not None:
+            with Image.open(image_path) as image:
+                sizes.append(image.size)
+        else:
+            height, width = dataset.load_raw(index).image.shape[:2]
+            sizes.append((width, height))
+    return sizes
+
+
+def crop_from_sizes(sizes: list[tuple[int, int]]) -> tuple[int, str]:
+    """The crop side for images of these sizes: their median short side rounded down to a
+    multiple of 8 (exact below 32), between 32 and 512, and the reason in words."""
+    if not sizes:
+        return MAX_CROP, "no training images to measure"
+    short = int(statistics.median(min(w, h) for w, h in sizes))
+    crop = short if short < MIN_CROP else short - short % CROP_MULTIPLE
+    crop = min(MAX_CROP, crop)
+    widths, heights = [w for w, _ in sizes], [h for _, h in sizes]
+    spread = f"{min(widths)}-{max(widths)} x {min(heights)}-{max(heights)}"
+    return crop, f"training images {spread} px, median short side {short}"

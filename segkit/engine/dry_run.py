@@ -15,6 +15,7 @@ from segkit.engine import run_folder
 from segkit.engine.build import build_model, class_weights_for, resolve_config
 from segkit.engine.data import build_datasets, make_loader
 from segkit.engine.device import resolve_device
+from segkit.engine.recipe import choose_recipe
 from segkit.engine.summary import describe_run
 
 SHOWN_IMAGES = 2  # the forward pass runs on this many images of the batch: shapes, not speed
@@ -24,7 +25,8 @@ def dry_run(config: Config) -> list[str]:
     """Resolve ``config``, build its datasets and model, load the first batch and run the model
     on it; returns the report, one line per item (nothing is printed or written).
 
-    The report has the run's summary (model and parameter counts, split sizes, recipe, device),
+    The report has the run's summary (model and parameter counts, split sizes, recipe and how
+    it was chosen, device),
     the folder the run would write, the first batch's image and mask shapes and dtypes, and the
     shapes of the model's outputs (evaluation mode, on the CPU, for the batch's first images).
 
@@ -34,6 +36,8 @@ def dry_run(config: Config) -> list[str]:
     device = resolve_device(config.train.device)  # the device the run would use
     train_set, val_set = build_datasets(config)
     work_dir = run_folder.work_dir_for(config)
+    recipe = choose_recipe(config, train_set)
+    config = recipe.config
     resolved = resolve_config(
         config,
         work_dir=work_dir,
@@ -42,7 +46,7 @@ def dry_run(config: Config) -> list[str]:
     )
     torch.manual_seed(resolved.train.seed)  # the run's initial weights
     model = build_model(resolved, train_set.num_classes)
-    lines = describe_run(resolved, model, (train_set, val_set), device)
+    lines = describe_run(resolved, model, (train_set, val_set), device, recipe=recipe)
     exists = " (exists: the run needs --resume or --overwrite)" if work_dir.exists() else ""
     lines.append(f"work dir: {work_dir}{exists}; a dry run creates nothing")
     loader = make_loader(

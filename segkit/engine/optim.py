@@ -11,19 +11,23 @@ from torch import nn
 from segkit.config import LR_POLICIES, OPTIMIZERS, TrainConfig
 
 
-def resolve_backbone_lr_mult(train: TrainConfig, pretrained: bool) -> float:
-    """``backbone_lr_mult`` or, when unset, 0.1 for a pretrained backbone (as DeepLabV3Plus-Pytorch
-    does) and 1.0 for one trained from scratch, which must learn at the full rate."""
-    if train.backbone_lr_mult is not None:
-        return train.backbone_lr_mult
-    return 0.1 if pretrained else 1.0
+def require_resolved(train: TrainConfig, *names: str) -> None:
+    """Raise ValueError naming the fields of ``train`` still unset (``None``: chosen when a run
+    starts, by :func:`segkit.engine.build.resolve_config`)."""
+    unset = [f"train.{name}" for name in names if getattr(train, name) is None]
+    if unset:
+        raise ValueError(
+            f"{', '.join(unset)} unset: set them, or resolve the configuration first "
+            "(segkit.engine.build.resolve_config chooses them from the run's situation)"
+        )
 
 
 def build_optimizer(
     model: nn.Module, train: TrainConfig, backbone_lr_mult: float
 ) -> torch.optim.Optimizer:
     """SGD (Nesterov off, as DeepLabV3Plus-Pytorch and PyTorch-Encoding) or AdamW over two
-    groups: backbone and the rest."""
+    groups: backbone and the rest (``train`` resolved: see :func:`require_resolved`)."""
+    require_resolved(train, "optimizer", "lr", "weight_decay")
     backbone = [p for p in model.backbone.parameters()]
     backbone_ids = {id(p) for p in backbone}
     rest = [p for p in model.parameters() if id(p) not in backbone_ids]
@@ -57,6 +61,7 @@ def lr_factor(iteration: int, *, train: TrainConfig, total: int) -> float:
         factor = train.step_gamma ** (iteration // step_size)
     else:
         raise ValueError(f"Unknown lr_policy {train.lr_policy!r}; valid: {list(LR_POLICIES)}")
+    require_resolved(train, "warmup_iters")
     if iteration < train.warmup_iters:
         factor *= (iteration + 1) / train.warmup_iters
     return factor

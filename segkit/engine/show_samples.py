@@ -26,6 +26,7 @@ from segkit.engine.data import (
     SeededSampler,
     configured_dataset_options,
     train_transforms,
+    with_crop,
 )
 from segkit.files import write_atomically
 from segkit.visualize import background_class, hatch, overlay, side_by_side, with_legend
@@ -54,12 +55,9 @@ def training_dataset(config: Config, split: str | None = None) -> SegmentationDa
     data = config.data
     options = configured_dataset_options(config) | {"skip_bad_samples": True}
     dataset = build_dataset(
-        data.dataset,
-        root=data.root,
-        split=split or data.train_split,
-        transform=train_transforms(config),
-        **options,
+        data.dataset, root=data.root, split=split or data.train_split, **options
     )
+    dataset.transform = train_transforms(with_crop(config, dataset))
     dataset.skip_bad_samples = False  # a bad file is named where it is drawn, not replaced
     return dataset
 

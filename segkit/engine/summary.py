@@ -10,6 +10,7 @@ from torch import nn
 from segkit.config import Config
 from segkit.datasets import SegmentationDataset
 from segkit.engine.data import batches_per_epoch
+from segkit.engine.recipe import Recipe
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -27,14 +28,18 @@ def describe_run(
     *,
     world: int = 1,
     work_dir: Path | None = None,
+    recipe: Recipe | None = None,
 ) -> list[str]:
     """The summary of a run of a resolved ``config``: lines ``model``, ``data``, ``recipe``,
-    ``device`` and, given ``work_dir``, where it writes and how to follow it in TensorBoard."""
+    then, given the :class:`~segkit.engine.recipe.Recipe` it was chosen by, its block (each
+    situational value and why), ``device`` and, given ``work_dir``, where it writes and how to
+    follow it in TensorBoard."""
     train_set, val_set = datasets
     lines = [
         f"model:    {_model(config, model)}",
         f"data:     {_data(config, train_set, val_set)}",
         f"recipe:   {_recipe(config, len(train_set), world)}",
+        *(recipe.lines() if recipe is not None else []),
         f"device:   {_device(config, device, world)}",
     ]
     if work_dir is not None:

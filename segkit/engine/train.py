@@ -47,6 +47,7 @@ class Trainer:
         self.lock: run_folder.RunLock | None = None
         self.log_file: RunLogFile | None = None
         self.reporter: RunReporter | None = None
+        self.progress: TrainProgress | None = None
         if self.main:
             self.lock = run_folder.claim(
                 self.work_dir, resume=config.train.resume, overwrite=config.train.overwrite
@@ -63,7 +64,7 @@ class Trainer:
         resume = None
         if config.train.resume:
             resume = load_resume_state(self.work_dir, config, main=self.main)
-        self.config, (self.train_set, self.val_set), self.parts = prepare_run(
+        self.config, self.recipe, (self.train_set, self.val_set), self.parts = prepare_run(
             config,
             self.work_dir,
             device=self.device,
@@ -122,11 +123,15 @@ class Trainer:
             return None
         datasets = (self.train_set, self.val_set)
         for line in describe_run(
-            self.config, self.model, datasets, self.device, world=self.world, work_dir=self.work_dir
-        ):
+            self.config, self.model, datasets, self.device, world=self.world,
+            work_dir=self.work_dir, recipe=self.recipe,
+        ):  # fmt: skip
             logger.info(line)
         every = self.config.train.log_interval
-        return TrainProgress(total=self.total, start=self.start_iter, every=every, tty=self.tty)
+        self.progress = TrainProgress(
+            total=self.total, start=self.start_iter, every=every, tty=self.tty
+        )
+        return self.progress
 
     def _train(self, stop: StopRequest, progress: TrainProgress | None) -> dict[str, Any]:
         """The loop of :meth:`run`; a bad sample or a stop during validation saves first."""
@@ -173,6 +178,14 @@ class Trainer:
             logger.info(f"stopped during validation ({self.checkpoints.note()}; it validates "
                         "first on --resume)")  # fmt: skip
             return {**record, "stopped_at": self.checkpoints.saved_iter, "signal": stop.signum}
+        except Exception:
+            # A validation that fails leaves the training state whole: keep it (one process;
+            # under torchrun the other ranks may be inside a collective operation).
+            if self._validating and self.world == 1 and self.checkpoints.saved_iter != done:
+                self._save(done, pending=True)
+                logger.error(f"validation failed: {self.checkpoints.note()}; it validates first "
+                             "on --resume")  # fmt: skip
+            raise
         return record
 
     def step(self, images: torch.Tensor, masks: torch.Tensor, it: int) -> tuple[float, dict]:
@@ -252,6 +265,8 @@ class Trainer:
         if self.main:
             seconds = time.perf_counter() - began
             logger.info(validation_line(record, best=self.checkpoints.best_score, seconds=seconds))
+            if self.progress is not None:
+                self.progress.exclude(seconds)
             if picks is not None and picks.error is not None:
                 logger.warning(f"validation samples of the report left out: {picks.error}")
             self.reporter.log_validation(record, metrics.matrix, samples, picks)

@@ -30,9 +30,10 @@ def test_builtin_shapes_recipe_only_without_config_on_shapes() -> None:
     assert builtin.data.dataset == "shapes" and builtin.data.image_size == 64
     assert builtin.model.decoder_channels == 128 and builtin.train.optimizer == "adamw"
     other = _resolve("--dataset", "voc", "--data-root", "x")
-    assert other.data.image_size is None and other.data.crop_size == 513
-    assert other.train.optimizer == "sgd" and other.train.lr == 0.01
-    assert other.model.decoder_channels is None
+    assert other.data.image_size is None and other.model.decoder_channels is None
+    # left to the run: chosen from its situation and data when it starts (engine/recipe.py)
+    assert other.data.crop_size is None and other.train.optimizer is None
+    assert other.train.lr is None and other.train.iters is None
 
 
 def test_values_are_converted_to_the_field_types() -> None:
@@ -58,9 +59,9 @@ def test_values_are_converted_to_the_field_types() -> None:
         (["--set", "train.lrr=1"], "Unknown config key: 'train.lrr'. Did you mean ['train.lr']"),
         (["--set", "trainer.lr=1"], "SECTION one of ['model', 'data', 'train', 'eval']"),
         (["--set", "train.lr"], "--set takes KEY=VALUE"),
-        (["--iters", "1.5"], "train.iters: '1.5' is not a valid <class 'int'>"),
+        (["--iters", "1.5"], "train.iters: '1.5' is not a valid int"),
         (["--set", "train.amp=maybe"], "train.amp: 'maybe'"),
-        (["--set", "train.iters=null"], "train.iters cannot be null"),
+        (["--set", "train.batch_size=null"], "train.batch_size cannot be null"),
     ],
 )
 def test_bad_input_is_named(argv: list[str], message: str) -> None:

@@ -74,11 +74,12 @@ def test_a_failed_run_notes_its_error_in_train_log(tmp_path, capsys) -> None:
 
 
 def test_without_a_terminal_progress_is_plain_lines(capsys) -> None:
-    ticks = iter(range(0, 100, 10))  # 10 s per reading of the clock
+    now = [0.0]  # 5 s per iteration
 
     with console_output():
-        progress = TrainProgress(total=5, start=0, every=2, tty=False, clock=lambda: next(ticks))
+        progress = TrainProgress(total=5, start=0, every=2, tty=False, clock=lambda: now[0])
         for done in range(1, 6):
+            now[0] = 5.0 * done
             progress.update(done, loss=0.5 * done, lr=0.004, miou="-" if done < 4 else "0.612")
         progress.close()
     lines = capsys.readouterr().out.splitlines()
@@ -88,6 +89,22 @@ def test_without_a_terminal_progress_is_plain_lines(capsys) -> None:
         "iter 4/5 (80%) loss 1.7500 lr 4.0e-03 mIoU 0.612 | 0.2 it/s, eta 0:05",
         "iter 5/5 (100%) loss 2.5000 lr 4.0e-03 mIoU 0.612 | 0.2 it/s, eta 0:00",
     ]
+
+
+def test_the_pace_line_leaves_the_first_iteration_and_validations_out(capsys) -> None:
+    now = [0.0]
+    with console_output():
+        progress = TrainProgress(total=100, start=0, every=50, tty=False, clock=lambda: now[0])
+        for done in range(1, 8):
+            now[0] += 30.0 if done == 1 else 2.0  # the first iteration starts the loaders
+            progress.update(done, loss=1.0, lr=0.004, miou="-")
+            if done == 3:
+                now[0] += 60.0  # a validation
+                progress.exclude(60.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "pace: 2 s per iteration; the remaining 94 iterations take about 3:08, until "
+    )
 
 
 def test_on_a_terminal_the_plain_lines_go_to_the_file_only(tmp_path, capsys) -> None:

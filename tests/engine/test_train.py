@@ -303,7 +303,8 @@ def test_resolve_config_fills_in_the_run_on_a_copy() -> None:
     assert resolved.train.class_weights == [0.5, 2.0]
     config.update({"model.pretrained_backbone": "weights/x.pth", "train.epochs": None})
     again = resolve_config(config, work_dir=Path("w"), train_size=19, class_weights=[1.0])
-    assert again.train.backbone_lr_mult == 0.1 and again.train.iters == config.train.iters
+    assert again.train.backbone_lr_mult == 0.1  # a pretrained backbone learns at a tenth
+    assert again.train.iters == 1000  # no length given: 200 epochs of 19 // 4, at least 1000
     with pytest.raises(ValueError, match="class_weights='auto' needs the resolved weights"):
         resolve_config(config, work_dir=Path("w"), train_size=19, class_weights=None)
 

@@ -110,3 +110,29 @@ def test_a_second_signal_stops_at_once_without_saving(tmp_path, monkeypatch) -> 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     monkeypatch.undo()
     assert train(tmp_path / "run", "--iters", "1", "--val-interval", "1", "--overwrite") == 0
+
+
+def test_a_validation_that_fails_keeps_the_training_and_the_resume_validates_first(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    import segkit.engine.train as train_module
+
+    work = tmp_path / "run"
+    original = train_module.evaluate
+    calls = []
+
+    def evaluate(*args, **kwargs):
+        calls.append(True)
+        if len(calls) == 1:
+            raise RuntimeError("planted: validation failed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    with pytest.raises(RuntimeError, match="planted"):
+        train(work, "--iters", "4", "--val-interval", "2")
+    state = load_checkpoint(work / "checkpoints" / "last.pt")
+    assert state["iteration"] == 2 and state["pending_validation"] is True
+    assert "validation failed: " in (work / "train.log").read_text()
+
+    assert train(work, "--resume") == 0
+    assert [r["iter"] for r in read_jsonl(work / "metrics.jsonl")] == [2, 4]

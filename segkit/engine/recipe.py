@@ -1,0 +1,234 @@
+"""The recipe of a run, chosen from its situation and its data, and said at the start.
+
+A run is in one of three situations:
+
+* **from scratch**: no ``--pretrained-backbone`` and no ``--init-from``. The whole network
+  learns from random weights: AdamW with a linear warm-up, the backbone at the full rate, an
+  auxiliary head for deep supervision (what ``benchmarks/real_photos.py`` measured best; see
+  ``benchmarks/README.md``).
+* **pretrained backbone**: ImageNet weights under a new head: the popular repositories' SGD
+  recipe, the backbone at a tenth of the rate.
+* **continuing**: ``--init-from`` a segkit checkpoint or another project's: the whole network
+  is already trained, so SGD at a tenth of the pretrained recipe's rate, the backbone at the
+  full rate.
+
+Each situation's learning rate is given for a total batch of 16 (the popular recipes' batch)
+and scaled with the run's total batch: linearly for SGD, by the square root for AdamW. The crop
+follows the training images' sizes and the validation interval the length of the run. Every
+value a recipe file, a flag or ``--set`` gives wins; :attr:`Recipe.choices` records, for each
+value, where it came from, and :meth:`Recipe.lines` is the block the run prints.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from segkit.config import Config, with_eval_defaults
+from segkit.datasets import SegmentationDataset
+from segkit.engine.data import batches_per_epoch, crop_from_sizes, image_sizes
+
+SCRATCH, PRETRAINED, CONTINUING = "from scratch", "pretrained backbone", "continuing"
+REFERENCE_BATCH = 16  # the batch the situations' learning rates are given for
+
+#: Per situation: optimiser, learning rate at batch 16, weight decay, warm-up as a share of
+#: the run, backbone LR multiplier, auxiliary head.
+SITUATIONS: dict[str, dict[str, Any]] = {
+    SCRATCH: {
+        "optimizer": "adamw",
+        "lr": 0.004,
+        "weight_decay": 0.01,
+        "warmup": 0.05,
+        "backbone_lr_mult": 1.0,
+        "aux": True,
+    },
+    PRETRAINED: {
+        "optimizer": "sgd",
+        "lr": 0.01,
+        "weight_decay": 1e-4,
+        "warmup": 0.0,
+        "backbone_lr_mult": 0.1,
+        "aux": False,
+    },
+    CONTINUING: {
+        "optimizer": "sgd",
+        "lr": 0.001,
+        "weight_decay": 1e-4,
+        "warmup": 0.0,
+        "backbone_lr_mult": 1.0,
+        "aux": False,
+    },
+}
+MAX_WARMUP = 1500  # iterations
+DEFAULT_EPOCHS = 200  # the budget when neither iters nor epochs is given...
+MIN_DEFAULT_ITERS, MAX_DEFAULT_ITERS = 1000, 30000  # ...within these (30k: the popular recipes)
+VALIDATIONS = 10  # a run validates about this many times when val_interval is not given
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One value of the recipe: its dotted config key, the value, and why it is that value."""
+
+    key: str
+    value: Any
+    reason: str
+
+
+@dataclass
+class Recipe:
+    """The configuration with every situational value decided, and how each was decided."""
+
+    config: Config
+    situation: str
+    why: str
+    choices: list[Choice]
+
+    def lines(self) -> list[str]:
+        """The block the run prints at its start: the situation, then one line per value."""
+        shown = [(LABELS[c.key], _shown(c.key, c.value), c.reason) for c in self.choices]
+        label_width = max(len(label) for label, _, _ in shown)
+        value_width = max(len(value) for _, value, _ in shown)
+        rows = [
+            f"  {label:<{label_width}}  {value:<{value_width}}  ({reason})"
+            for label, value, reason in shown
+        ]
+        return [f"recipe {self.situation} ({self.why}):", *rows]
+
+
+def situation_of(config: Config) -> tuple[str, str]:
+    """The run's situation and the reason, from ``--init-from`` and ``--pretrained-backbone``."""
+    if config.train.init_from:
+        return CONTINUING, f"--init-from {config.train.init_from}"
+    if config.model.pretrained_backbone:
+        return PRETRAINED, f"--pretrained-backbone {config.model.pretrained_backbone}"
+    return SCRATCH, "no --pretrained-backbone, no --init-from"
+
+
+def choose_recipe(
+    config: Config,
+    train_set: SegmentationDataset | None = None,
+    *,
+    train_size: int | None = None,
+    world: int = 1,
+) -> Recipe:
+    """A copy of ``config`` with every unset situational value decided; ``config`` is left as
+    it is.
+
+    Args:
+        config: the run's configuration as given (recipe file, flags, ``--set``).
+        train_set: the training split: its images' sizes decide an unset crop (its transforms
+            are not used), its length the budget.
+        train_size: the split's length when ``train_set`` is not given. With neither
+            (``--print-config``) the crop stays unset, and so do the budget, the warm-up and
+            the validation interval when they depend on the split's size.
+        world: number of processes (the total batch scales the learning rate).
+    """
+    resolved = copy.deepcopy(config)
+    train, model, data = resolved.train, resolved.model, resolved.data
+    situation, why = situation_of(config)
+    values = SITUATIONS[situation]
+    choices: list[Choice] = []
+
+    def decide(section: Any, key: str, value: Any, reason: str) -> None:
+        name = key.split(".")[1]
+        given = getattr(section, name)
+        if given is None:
+            setattr(section, name, value)
+        choices.append(
+            Choice(key, getattr(section, name), "given" if given is not None else reason)
+        )
+
+    decide(train, "train.optimizer", values["optimizer"], situation)
+    total_batch = train.batch_size * world
+    decide(
+        train,
+        "train.lr",
+        _scaled_lr(values, train.optimizer, total_batch),
+        _lr_reason(situation, values, train.optimizer, total_batch),
+    )
+    decide(train, "train.weight_decay", values["weight_decay"], situation)
+    decide(train, "train.backbone_lr_mult", values["backbone_lr_mult"], situation)
+    decide(
+        model,
+        "model.aux",
+        values["aux"],
+        situation + (", deep supervision" if values["aux"] else ""),
+    )
+    if train_set is not None:
+        crop, reason = crop_from_sizes(image_sizes(train_set))
+        decide(data, "data.crop_size", crop, reason)
+    if train_set is not None:
+        train_size = len(train_set)
+    budget = run_length(resolved, train_size, world)
+    if budget is not None:  # else (no split given) what follows from the budget stays unset
+        train.iters, reason = budget
+        choices.append(Choice("train.iters", train.iters, reason))
+        warmup = min(MAX_WARMUP, round(values["warmup"] * train.iters))
+        share = f"{values['warmup']:.0%} of the run" if warmup else "none"
+        decide(train, "train.warmup_iters", warmup, f"{situation}: {share}")
+        interval = max(1, round(train.iters / VALIDATIONS))
+        decide(train, "train.val_interval", interval, f"about {VALIDATIONS} validations")
+    return Recipe(with_eval_defaults(resolved), situation, why, choices)
+
+
+def _scaled_lr(values: dict[str, Any], optimizer: str, batch: int) -> float:
+    """The situation's rate at batch 16, scaled to ``batch``: linearly for SGD, by the square
+    root for AdamW (a rate given for another optimiser than the situation's is kept)."""
+    ratio = batch / REFERENCE_BATCH
+    scaled = values["lr"] * (math.sqrt(ratio) if optimizer == "adamw" else ratio)
+    return float(f"{scaled:.3g}")
+
+
+def _lr_reason(situation: str, values: dict[str, Any], optimizer: str, batch: int) -> str:
+    rule = f"sqrt({batch}/{REFERENCE_BATCH})" if optimizer == "adamw" else f"{batch}/16"
+    at = f"{values['lr']:g} at batch {REFERENCE_BATCH}"
+    return f"{situation}: {at}" if batch == REFERENCE_BATCH else f"{situation}: {at} x {rule}"
+
+
+def run_length(config: Config, train_size: int | None, world: int) -> tuple[int, str] | None:
+    """Iterations of the run and where the number comes from: ``epochs`` when set, else
+    ``iters`` when set, else :data:`DEFAULT_EPOCHS` epochs within :data:`MIN_DEFAULT_ITERS` and
+    the popular recipes' :data:`MAX_DEFAULT_ITERS`; None when that needs the split's size and
+    ``train_size`` is None."""
+    train = config.train
+    if train.iters is not None and train.epochs is None:
+        return train.iters, "given"
+    if train_size is None:
+        return None
+    per_epoch = max(1, batches_per_epoch(train_size, batch_size=train.batch_size, world=world))
+    if train.epochs is not None:
+        return train.epochs * per_epoch, f"--epochs {train.epochs} of {per_epoch} batches"
+    iters = min(MAX_DEFAULT_ITERS, max(MIN_DEFAULT_ITERS, DEFAULT_EPOCHS * per_epoch))
+    return iters, (
+        f"{iters / per_epoch:.3g} epochs of {per_epoch} batches: {DEFAULT_EPOCHS} epochs within "
+        f"{MIN_DEFAULT_ITERS}-{MAX_DEFAULT_ITERS} iterations"
+    )
+
+
+LABELS = {  # key -> (label, format of the value)
+    "train.optimizer": "optimizer",
+    "train.lr": "lr",
+    "train.weight_decay": "weight decay",
+    "train.backbone_lr_mult": "backbone lr",
+    "model.aux": "aux head",
+    "data.crop_size": "crop",
+    "train.iters": "budget",
+    "train.warmup_iters": "warm-up",
+    "train.val_interval": "validation",
+}
+UNITS = {
+    "train.backbone_lr_mult": "x{}",
+    "data.crop_size": "{} px",
+    "train.iters": "{} iterations",
+    "train.warmup_iters": "{} iterations",
+    "train.val_interval": "every {} iterations",
+}
+
+
+def _shown(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return UNITS.get(key, "{}").format(text)

@@ -33,12 +33,13 @@ from segkit.engine.data import batches_per_epoch, crop_from_sizes, image_sizes
 SCRATCH, PRETRAINED, CONTINUING = "from scratch", "pretrained backbone", "continuing"
 REFERENCE_BATCH = 16  # the batch the situations' learning rates are given for
 
-#: Per situation: optimiser, learning rate at batch 16, weight decay, warm-up as a share of
-#: the run, backbone LR multiplier, auxiliary head.
+#: Per situation: optimiser, learning rate at batch 16 for each optimiser (the situation's
+#: own, and the other one's when a flag asks for it), weight decay, warm-up as a share of the
+#: run, backbone LR multiplier, auxiliary head.
 SITUATIONS: dict[str, dict[str, Any]] = {
     SCRATCH: {
         "optimizer": "adamw",
-        "lr": 0.004,
+        "lr": {"adamw": 0.004, "sgd": 0.01},
         "weight_decay": 0.01,
         "warmup": 0.05,
         "backbone_lr_mult": 1.0,
@@ -46,7 +47,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
     },
     PRETRAINED: {
         "optimizer": "sgd",
-        "lr": 0.01,
+        "lr": {"sgd": 0.01, "adamw": 1e-4},
         "weight_decay": 1e-4,
         "warmup": 0.0,
         "backbone_lr_mult": 0.1,
@@ -54,7 +55,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
     },
     CONTINUING: {
         "optimizer": "sgd",
-        "lr": 0.001,
+        "lr": {"sgd": 0.001, "adamw": 5e-5},
         "weight_decay": 1e-4,
         "warmup": 0.0,
         "backbone_lr_mult": 1.0,
@@ -174,17 +175,18 @@ def choose_recipe(
 
 
 def _scaled_lr(values: dict[str, Any], optimizer: str, batch: int) -> float:
-    """The situation's rate at batch 16, scaled to ``batch``: linearly for SGD, by the square
-    root for AdamW (a rate given for another optimiser than the situation's is kept)."""
+    """The situation's rate for ``optimizer`` at batch 16, scaled to ``batch``: linearly for
+    SGD, by the square root for AdamW."""
     ratio = batch / REFERENCE_BATCH
-    scaled = values["lr"] * (math.sqrt(ratio) if optimizer == "adamw" else ratio)
+    scaled = values["lr"][optimizer] * (math.sqrt(ratio) if optimizer == "adamw" else ratio)
     return float(f"{scaled:.3g}")
 
 
 def _lr_reason(situation: str, values: dict[str, Any], optimizer: str, batch: int) -> str:
     rule = f"sqrt({batch}/{REFERENCE_BATCH})" if optimizer == "adamw" else f"{batch}/16"
-    at = f"{values['lr']:g} at batch {REFERENCE_BATCH}"
-    return f"{situation}: {at}" if batch == REFERENCE_BATCH else f"{situation}: {at} x {rule}"
+    base = f"{situation}" if optimizer == values["optimizer"] else f"{situation}, {optimizer}"
+    at = f"{values['lr'][optimizer]:g} at batch {REFERENCE_BATCH}"
+    return f"{base}: {at}" if batch == REFERENCE_BATCH else f"{base}: {at} x {rule}"
 
 
 def run_length(config: Config, train_size: int | None, world: int) -> tuple[int, str] | None:

@@ -79,6 +79,8 @@ def test_values_the_user_gives_win_and_are_said_to_be_given() -> None:
     for key in ("train.optimizer", "train.lr", "model.aux", "train.val_interval", "train.iters"):
         assert chosen[key][1] == "given", key
     assert chosen["train.weight_decay"] == (0.01, "from scratch")  # the rest is still chosen
+    sgd = _choices(choose_recipe(_cli("--dataset", "voc", "--optimizer", "sgd")))
+    assert sgd["train.lr"] == (0.01, "from scratch, sgd: 0.01 at batch 16")  # SGD's own rate
     assert config.train.optimizer == "sgd" and config.train.weight_decay is None  # input kept
     # a shipped recipe file sets its values: nothing of it is replaced
     shipped = choose_recipe(_cli("--config", "voc2012aug_deeplabv3plus_mobilenet_os16_513"))

@@ -311,18 +311,22 @@ def make_loader(
 
 def image_sizes(dataset: SegmentationDataset, count: int = SIZE_SAMPLES) -> list[tuple[int, int]]:
     """``(width, height)`` of up to ``count`` training images spread over the split (only the
-    file headers are read; generated samples are made)."""
+    file headers are read; generated samples are made). An unreadable file is passed over: the
+    run's pre-flight check names it (or skips it with ``--skip-bad-samples``)."""
     length = len(dataset)
     picks = sorted({i * length // count for i in range(count)}) if length > count else range(length)
     sizes = []
     for index in picks:
         image_path, _ = dataset.sample_paths(index)
-        if image_path is not None:
-            with Image.open(image_path) as image:
-                sizes.append(image.size)
-        else:
-            height, width = dataset.load_raw(index).image.shape[:2]
-            sizes.append((width, height))
+        try:
+            if image_path is not None:
+                with Image.open(image_path) as image:
+                    sizes.append(image.size)
+            else:
+                height, width = dataset.load_raw(index).image.shape[:2]
+                sizes.append((width, height))
+        except (OSError, SampleError):
+            continue
     return sizes
 
 

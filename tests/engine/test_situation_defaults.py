@@ -178,6 +178,9 @@ def test_unset_crop_is_read_from_the_training_images(tmp_path) -> None:
     reason = _choices(recipe)["data.crop_size"][1]
     assert reason == "training images 96-96 x 80-80 px, median short side 80"
     assert config.data.crop_size is None  # the input is left as it is
+    (root / "images" / "train" / "0.png").write_bytes(b"not an image")  # pre-flight names it
+    assert choose_recipe(config, build_dataset("folder", root=root, num_classes=2)) \
+        .config.data.crop_size == 80  # fmt: skip
 
 
 def test_pace_line_estimates_the_rest_of_the_run() -> None:

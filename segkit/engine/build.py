@@ -25,9 +25,9 @@ from segkit.convert import foreign_weights
 from segkit.datasets import SampleError, SegmentationDataset
 from segkit.datasets.preflight import preflight, problem_lines
 from segkit.engine import distributed as dist
-from segkit.engine.data import build_datasets, make_loader
+from segkit.engine.data import make_loader
 from segkit.engine.optim import build_optimizer, build_scheduler
-from segkit.engine.recipe import Recipe, choose_recipe
+from segkit.engine.recipe import Recipe, choose_recipe, recipe_and_datasets
 from segkit.engine.run_log import logger
 from segkit.losses import build_criterion, compute_class_weights
 from segkit.models import Segmenter, create_model
@@ -136,8 +136,7 @@ def prepare_run(
         training and validation datasets, and the parts (see :func:`build_run` for the
         arguments).
     """
-    train_set, val_set = build_datasets(config)
-    recipe = choose_recipe(config, train_set, world=world)
+    recipe, train_set, val_set = recipe_and_datasets(config, world=world)
     config = recipe.config
     run_preflight((train_set, val_set), config, work_dir, main=rank == 0)
     resolved = resolve_config(

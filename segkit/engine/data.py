@@ -201,13 +201,18 @@ SIZE_SAMPLES = 64  # training images whose sizes decide an unset crop
 def build_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
     """The training and validation datasets of a run, with their transforms (an unset
     ``data.crop_size`` is chosen from the training images: :func:`crop_from_sizes`)."""
-    data = config.data
-    train = build_dataset(
-        data.dataset, root=data.root, split=data.train_split, **configured_dataset_options(config)
-    )
+    train = build_train_split(config)
     config = with_crop(config, train)
     train.transform = train_transforms(config)
     return train, build_val_dataset(config)
+
+
+def build_train_split(config: Config) -> SegmentationDataset:
+    """The training split without its augmentation (set ``transform`` before drawing)."""
+    data = config.data
+    return build_dataset(
+        data.dataset, root=data.root, split=data.train_split, **configured_dataset_options(config)
+    )
 
 
 def with_crop(config: Config, train_set: SegmentationDataset) -> Config:

@@ -13,9 +13,9 @@ import torch
 from segkit.config import Config
 from segkit.engine import run_folder
 from segkit.engine.build import build_model, class_weights_for, resolve_config
-from segkit.engine.data import build_datasets, make_loader
+from segkit.engine.data import make_loader
 from segkit.engine.device import resolve_device
-from segkit.engine.recipe import choose_recipe
+from segkit.engine.recipe import recipe_and_datasets
 from segkit.engine.summary import describe_run
 
 SHOWN_IMAGES = 2  # the forward pass runs on this many images of the batch: shapes, not speed
@@ -34,10 +34,9 @@ def dry_run(config: Config) -> list[str]:
         ValueError, OSError, SampleError: what the run would raise for this configuration.
     """
     device = resolve_device(config.train.device)  # the device the run would use
-    train_set, val_set = build_datasets(config)
-    work_dir = run_folder.work_dir_for(config)
-    recipe = choose_recipe(config, train_set)
+    recipe, train_set, val_set = recipe_and_datasets(config)
     config = recipe.config
+    work_dir = run_folder.work_dir_for(config)
     resolved = resolve_config(
         config,
         work_dir=work_dir,

@@ -28,7 +28,14 @@ from typing import Any
 
 from segkit.config import Config, with_eval_defaults
 from segkit.datasets import SegmentationDataset
-from segkit.engine.data import batches_per_epoch, crop_from_sizes, image_sizes
+from segkit.engine.data import (
+    batches_per_epoch,
+    build_train_split,
+    build_val_dataset,
+    crop_from_sizes,
+    image_sizes,
+    train_transforms,
+)
 
 SCRATCH, PRETRAINED, CONTINUING = "from scratch", "pretrained backbone", "continuing"
 REFERENCE_BATCH = 16  # the batch the situations' learning rates are given for
@@ -96,6 +103,17 @@ class Recipe:
             for label, value, reason in shown
         ]
         return [f"recipe {self.situation} ({self.why}):", *rows]
+
+
+def recipe_and_datasets(
+    config: Config, *, world: int = 1
+) -> tuple[Recipe, SegmentationDataset, SegmentationDataset]:
+    """The recipe chosen for ``config`` and the run's training (with the recipe's augmentation)
+    and validation splits; the training images' sizes are read once."""
+    train_set = build_train_split(config)
+    recipe = choose_recipe(config, train_set, world=world)
+    train_set.transform = train_transforms(recipe.config)
+    return recipe, train_set, build_val_dataset(recipe.config)
 
 
 def situation_of(config: Config) -> tuple[str, str]:

@@ -101,11 +101,10 @@ class Trainer:
         stop = StopRequest()
         stop.install()
         self.tty = is_terminal()
-        progress = None
         failure: BaseException | None = None
         try:
-            progress = self._start()
-            record = self._train(stop, progress)
+            self._start()
+            record = self._train(stop)
             self._finish(record)
             return record
         except BaseException as err:
@@ -113,14 +112,14 @@ class Trainer:
             raise
         finally:
             stop.restore()
-            if progress is not None:
-                progress.close()
+            if self.progress is not None:
+                self.progress.close()
             self.close(failure)
 
-    def _start(self) -> TrainProgress | None:
+    def _start(self) -> None:
         """Rank 0 says what the run does and where it writes, then shows its progress."""
         if not self.main:
-            return None
+            return
         datasets = (self.train_set, self.val_set)
         for line in describe_run(
             self.config, self.model, datasets, self.device, world=self.world,
@@ -131,9 +130,8 @@ class Trainer:
         self.progress = TrainProgress(
             total=self.total, start=self.start_iter, every=every, tty=self.tty
         )
-        return self.progress
 
-    def _train(self, stop: StopRequest, progress: TrainProgress | None) -> dict[str, Any]:
+    def _train(self, stop: StopRequest) -> dict[str, Any]:
         """The loop of :meth:`run`; a bad sample or a stop during validation saves first."""
         cfg = self.config.train
         record: dict[str, Any] = {}
@@ -158,8 +156,8 @@ class Trainer:
                 if self.main and (it + 1) % cfg.log_interval == 0:
                     self.reporter.log_train(it + 1, loss, parts, lr)
                 done = it + 1
-                if progress is not None:
-                    progress.update(done, loss=loss, lr=lr, miou=self._last_miou)
+                if self.progress is not None:
+                    self.progress.update(done, loss=loss, lr=lr, miou=self._last_miou)
                 if done % cfg.val_interval == 0 or done == self.total:
                     record = self._validate_and_save(done, running / count, stop, started)
                     running, count = 0.0, 0

@@ -343,7 +343,8 @@ def main() -> int:
             result = run_segkit(root, args, extra)
         else:
             result = run_peer(root, args, name.removeprefix("smp-"))
-        result.update(backbone=args.backbone, iters=args.iters, batch=args.batch, crop=args.crop)
+        sizes = {"iters": args.iters, "batch": args.batch, "crop": args.crop, "seed": args.seed}
+        result.update(backbone=args.backbone, **sizes)
         per_class = " ".join(f"{v:.2f}" for v in result["iou"])
         print(
             f"{result['name']:<40} {result['mIoU']:6.3f} {result['seconds'] / 60:6.1f}  "

@@ -209,7 +209,11 @@ class TrainConfig:
         "backbone)",
         min=0,
     )
-    loss: str = option("ce", help="segmentation loss", choices=_loss_names)
+    loss: str | None = option(
+        None,
+        help="segmentation loss (none: chosen from the situation, ce+dice from scratch, else ce)",
+        choices=_loss_names,
+    )
     class_weights: list[float] | str | None = option(
         None, help="per-class loss weights: a list, or auto (ENet weights from the masks)"
     )

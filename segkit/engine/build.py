@@ -26,7 +26,7 @@ from segkit.datasets import SampleError, SegmentationDataset
 from segkit.datasets.preflight import preflight, problem_lines
 from segkit.engine import distributed as dist
 from segkit.engine.data import make_loader
-from segkit.engine.optim import build_optimizer, build_scheduler
+from segkit.engine.optim import build_optimizer, build_scheduler, require_resolved
 from segkit.engine.recipe import Recipe, choose_recipe, recipe_and_datasets
 from segkit.engine.run_log import logger
 from segkit.losses import build_criterion, compute_class_weights
@@ -237,6 +237,7 @@ def build_run(
         **draws,
     )
     optimizer = build_optimizer(model, train, train.backbone_lr_mult)
+    require_resolved(train, "loss")
     criterion = build_criterion(
         train.loss,
         num_classes=train_set.num_classes,

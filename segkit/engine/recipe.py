@@ -4,8 +4,8 @@ A run is in one of three situations:
 
 * **from scratch**: no ``--pretrained-backbone`` and no ``--init-from``. The whole network
   learns from random weights: AdamW with a linear warm-up, the backbone at the full rate, an
-  auxiliary head for deep supervision (what ``benchmarks/real_photos.py`` measured best; see
-  ``benchmarks/README.md``).
+  auxiliary head for deep supervision, cross-entropy plus dice loss (what
+  ``benchmarks/real_photos.py`` measured best; see ``benchmarks/README.md``).
 * **pretrained backbone**: ImageNet weights under a new head: the popular repositories' SGD
   recipe, the backbone at a tenth of the rate.
 * **continuing**: ``--init-from`` a segkit checkpoint or another project's: the whole network
@@ -42,7 +42,7 @@ REFERENCE_BATCH = 16  # the batch the situations' learning rates are given for
 
 #: Per situation: optimiser, learning rate at batch 16 for each optimiser (the situation's
 #: own, and the other one's when a flag asks for it), weight decay, warm-up as a share of the
-#: run, backbone LR multiplier, auxiliary head.
+#: run, backbone LR multiplier, auxiliary head, loss.
 SITUATIONS: dict[str, dict[str, Any]] = {
     SCRATCH: {
         "optimizer": "adamw",
@@ -51,6 +51,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "warmup": 0.05,
         "backbone_lr_mult": 1.0,
         "aux": True,
+        "loss": "ce+dice",
     },
     PRETRAINED: {
         "optimizer": "sgd",
@@ -59,6 +60,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "warmup": 0.0,
         "backbone_lr_mult": 0.1,
         "aux": False,
+        "loss": "ce",
     },
     CONTINUING: {
         "optimizer": "sgd",
@@ -67,6 +69,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "warmup": 0.0,
         "backbone_lr_mult": 1.0,
         "aux": False,
+        "loss": "ce",
     },
 }
 MAX_WARMUP = 1500  # iterations
@@ -175,6 +178,7 @@ def choose_recipe(
         values["aux"],
         situation + (", deep supervision" if values["aux"] else ""),
     )
+    decide(train, "train.loss", values["loss"], situation)
     if train_set is not None:
         crop, reason = crop_from_sizes(image_sizes(train_set))
         decide(data, "data.crop_size", crop, reason)
@@ -233,6 +237,7 @@ LABELS = {  # key -> (label, format of the value)
     "train.weight_decay": "weight decay",
     "train.backbone_lr_mult": "backbone lr",
     "model.aux": "aux head",
+    "train.loss": "loss",
     "data.crop_size": "crop",
     "train.iters": "budget",
     "train.warmup_iters": "warm-up",

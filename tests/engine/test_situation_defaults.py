@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ def test_each_situation_gets_its_recipe_scaled_with_the_total_batch() -> None:
     scratch = choose_recipe(_voc_like(**{"train.batch_size": 8, "train.iters": 600}))
     train, chosen = scratch.config.train, _choices(scratch)
     assert (train.optimizer, train.weight_decay, train.backbone_lr_mult) == ("adamw", 0.01, 1.0)
-    assert scratch.config.model.aux is True
+    assert scratch.config.model.aux is True and train.loss == "ce+dice"
     assert train.lr == pytest.approx(0.004 * (8 / 16) ** 0.5, rel=1e-3)  # AdamW: square root
     assert chosen["train.optimizer"] == ("adamw", "from scratch")
     assert chosen["train.lr"][1] == "from scratch: 0.004 at batch 16 x sqrt(8/16)"
@@ -59,24 +60,27 @@ def test_each_situation_gets_its_recipe_scaled_with_the_total_batch() -> None:
     train = pretrained.config.train
     assert (train.optimizer, train.backbone_lr_mult, train.warmup_iters) == ("sgd", 0.1, None)
     assert train.lr == pytest.approx(0.01 * 32 / 16)  # SGD: linear
-    assert pretrained.config.model.aux is False
+    assert pretrained.config.model.aux is False and train.loss == "ce"
 
     continuing = choose_recipe(_voc_like(**{"train.init_from": "x.pt", "train.batch_size": 16}))
     train = continuing.config.train
     assert (train.optimizer, train.lr, train.backbone_lr_mult) == ("sgd", 0.001, 1.0)
+    assert train.loss == "ce"
 
 
 def test_values_the_user_gives_win_and_are_said_to_be_given() -> None:
     config = _cli(
         "--dataset", "voc", "--data-root", "x", "--optimizer", "sgd", "--lr", "0.05",
         "--no-aux", "--iters", "100", "--val-interval", "7", "--warmup-iters", "0",
+        "--loss", "focal",
     )  # fmt: skip
     recipe = choose_recipe(config)
     train, chosen = recipe.config.train, _choices(recipe)
     assert (train.optimizer, train.lr, train.val_interval, train.warmup_iters) == (
         "sgd", 0.05, 7, 0)  # fmt: skip
-    assert recipe.config.model.aux is False
-    for key in ("train.optimizer", "train.lr", "model.aux", "train.val_interval", "train.iters"):
+    assert recipe.config.model.aux is False and train.loss == "focal"
+    given = ("train.optimizer", "train.lr", "model.aux", "train.loss", "train.val_interval")
+    for key in (*given, "train.iters"):
         assert chosen[key][1] == "given", key
     assert chosen["train.weight_decay"] == (0.01, "from scratch")  # the rest is still chosen
     sgd = _choices(choose_recipe(_cli("--dataset", "voc", "--optimizer", "sgd")))
@@ -201,6 +205,7 @@ def test_a_run_prints_its_recipe_and_pace_and_validates_about_ten_times(tmp_path
     log = (tmp_path / "run" / "train.log").read_text()
     assert "recipe from scratch (no --pretrained-backbone, no --init-from):" in log
     assert "(from scratch: 0.004 at batch 16 x sqrt(4/16))" in log
+    assert re.search(r"  loss +ce\+dice +\(from scratch\)$", log, re.MULTILINE)
     assert "crop          32 px" in log and "training images 36-36 x 36-36 px" in log
     assert "pace: " in log and "the remaining 4 iterations take about" in log
     validations = [line for line in log.splitlines() if "validation at iteration" in line]

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segkit.engine.distributed import sum_across_ranks
+
 LOSSES = ("ce", "focal", "dice", "ce+dice")
 
 
@@ -94,7 +96,7 @@ class FocalLoss(nn.Module):
 class DiceLoss(nn.Module):
     """Soft multi-class dice loss over softmax probabilities: ``1 - mean_c dice_c`` with
     ``dice_c = 2 * sum(p_c * g_c) / (sum(p_c) + sum(g_c))`` summed over the batch's labelled
-    pixels.
+    pixels (under torchrun, over the global batch of all processes).
 
     Ignored pixels are masked out of both probabilities and one-hot targets. The mean runs over
     classes present in the batch's targets: a class absent from the targets has no dice to
@@ -117,10 +119,14 @@ class DiceLoss(nn.Module):
         onehot = F.one_hot(torch.where(valid.squeeze(1), target, 0), num_classes)
         onehot = onehot.permute(0, 3, 1, 2).to(probs.dtype) * valid  # N x C x H x W
         dims = (0, 2, 3)
-        intersection = (probs * onehot).sum(dims)
-        cardinality = probs.sum(dims) + onehot.sum(dims)
-        dice = 2 * intersection / cardinality.clamp_min(1e-7)
-        present = (onehot.sum(dims) > 0).to(dice.dtype)
+        # Under torchrun the sums run over the global batch (one all-reduce), so N processes
+        # with batch B train exactly like one process with batch N * B.
+        sums = sum_across_ranks(
+            torch.stack([(probs * onehot).sum(dims), probs.sum(dims), onehot.sum(dims)])
+        )
+        intersection, prob_sum, target_sum = sums.unbind(0)
+        dice = 2 * intersection / (prob_sum + target_sum).clamp_min(1e-7)
+        present = (target_sum > 0).to(dice.dtype)
         return ((1 - dice) * present).sum() / present.sum().clamp_min(1)
 
 

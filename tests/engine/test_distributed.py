@@ -26,7 +26,9 @@ def _config(work_dir: Path, batch_size: int) -> dict:
         "data": {"length": 8, "val_length": 8, "image_size": 48, "crop_size": 48,
                  "scale_range": None, "workers": 0},
         "train": {"iters": 3, "batch_size": batch_size, "val_interval": 3, "freeze_bn": True,
-                  "optimizer": "sgd", "lr": 0.05, "warmup_iters": 0, "device": "cpu"},
+                  "optimizer": "sgd", "lr": 0.05, "warmup_iters": 0, "device": "cpu",
+                  # Dice is a ratio of sums over the batch: the processes must sum globally.
+                  "loss": "ce+dice"},
         "work_dir": str(work_dir),
     }  # fmt: skip
 

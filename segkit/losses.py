@@ -11,10 +11,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from segkit.engine.distributed import sum_across_ranks
 
 LOSSES = ("ce", "focal", "dice", "ce+dice")
 
@@ -93,6 +92,37 @@ class FocalLoss(nn.Module):
         )
 
 
+class _SumOverProcesses(torch.autograd.Function):
+    """All-reduce (sum) whose backward is again a sum over processes."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        total = tensor.detach().clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
+def sum_over_processes(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over the processes of a torchrun job, differentiably (else ``tensor``).
+
+    For a loss ``L`` of statistics summed over the global batch (dice's intersection and
+    cardinality), every process computes ``L`` of the global sums; the backward sums each
+    process's ``dL/dsum`` (the same on all of them) over the processes, and
+    DistributedDataParallel's mean of the parameter gradients then equals the gradient of one
+    process holding the whole global batch. Every process must call it the same number of
+    times, in the same order, as with any collective operation.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    return _SumOverProcesses.apply(tensor)
+
+
 class DiceLoss(nn.Module):
     """Soft multi-class dice loss over softmax probabilities: ``1 - mean_c dice_c`` with
     ``dice_c = 2 * sum(p_c * g_c) / (sum(p_c) + sum(g_c))`` summed over the batch's labelled
@@ -121,7 +151,7 @@ class DiceLoss(nn.Module):
         dims = (0, 2, 3)
         # Under torchrun the sums run over the global batch (one all-reduce), so N processes
         # with batch B train exactly like one process with batch N * B.
-        sums = sum_across_ranks(
+        sums = sum_over_processes(
             torch.stack([(probs * onehot).sum(dims), probs.sum(dims), onehot.sum(dims)])
         )
         intersection, prob_sum, target_sum = sums.unbind(0)

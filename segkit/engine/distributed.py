@@ -53,36 +53,6 @@ def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
     return value / dist.get_world_size()
 
 
-class _SumAcrossRanks(torch.autograd.Function):
-    """All-reduce (sum) whose backward is again a sum over ranks (see :func:`sum_across_ranks`)."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        total = tensor.detach().clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(total)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad)
-        return grad
-
-
-def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over all ranks, differentiably (identity in a single process).
-
-    For a loss ``L`` of statistics summed over the whole global batch (dice's intersection and
-    cardinality): every rank computes ``L`` of the global sums, the backward sums each rank's
-    ``dL/dsum`` (equal on every rank) over ranks, and DistributedDataParallel's mean of the
-    parameter gradients then gives exactly the gradient of one process holding the global
-    batch. Every rank must call it the same number of times, in the same order.
-    """
-    if not is_distributed():
-        return tensor
-    return _SumAcrossRanks.apply(tensor)
-
-
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -12,8 +12,13 @@ vary in size (160-280 x 120-220 px) and are written in the Pascal VOC layout (JP
 palette PNG masks with a 255 void border three pixels wide around every region, split lists),
 under a cache folder, once.
 
-The contenders, on the same model (DeepLabV3+ with the named backbone, random initialisation),
-data, crop, batch and number of iterations:
+The contenders train DeepLabV3+ with the named backbone from random weights, on the same data,
+crop, batch and number of iterations. The two libraries' DeepLabV3+ are not the same network:
+smp's reads MobileNetV2's 1280-channel last layer and uses separable 3x3 convolutions in ASPP
+and decoder (one in the decoder); segkit's default reads the 320-channel features, as VainF's
+model does, with plain 3x3 convolutions and two of them in the decoder, as in the paper's
+table and pytorch-deeplab-xception (``--separable --decoder-convs 1`` gives segkit's lighter
+form). The GFLOPs column says what each costs:
 
 * ``segkit``: ``segkit train --dataset voc`` given only model, data, crop, batch and
   iterations (its defaults decide the rest), scored on its final weights;
@@ -24,7 +29,8 @@ data, crop, batch and number of iterations:
 The plain loops draw the popular repositories' augmentation (random scale 0.5-2.0, random
 crop padded with the ignore label, horizontal flip) from segkit's data pipeline. All three are
 scored by this script with one function: whole-image inference on the validation split, IoU of
-each of the nine classes, their mean.
+each of the nine classes, their mean; and each model's forward GFLOPs on one crop-sized image
+(``torch.utils.flop_counter``).
 
     pip install -e .[bench]
     .venv/bin/python benchmarks/real_photos.py --backbone mobilenet_v2 --iters 600
@@ -237,6 +243,16 @@ def score(model: torch.nn.Module, val_set) -> tuple[float, list[float]]:
     return float(np.mean(iou)), iou
 
 
+def gflops(model: torch.nn.Module, crop: int) -> float:
+    """Forward GFLOPs (2 per multiply-add) of ``model`` on one ``crop x crop`` image, eval mode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, crop, crop))
+    return counter.get_total_flops() / 1e9
+
+
 def _padded_smp(model: torch.nn.Module):
     """smp's DeepLabV3+ needs sides divisible by 16: pad, predict, crop back."""
 
@@ -283,7 +299,10 @@ def run_peer(root: Path, args: argparse.Namespace, recipe: str) -> dict:
                 break
     seconds = time.perf_counter() - start
     miou, iou = score(_padded_smp(model), val_set)
-    return {"name": f"smp-{recipe}", "mIoU": miou, "iou": iou, "seconds": seconds}
+    return {
+        "name": f"smp-{recipe}", "mIoU": miou, "iou": iou, "seconds": seconds,
+        "gflops": gflops(model, args.crop),
+    }  # fmt: skip
 
 
 def run_segkit(root: Path, args: argparse.Namespace, extra: list[str]) -> dict:
@@ -304,7 +323,10 @@ def run_segkit(root: Path, args: argparse.Namespace, extra: list[str]) -> dict:
     model = segkit.load_model(work_dir / "checkpoints" / "last.pt")
     miou, iou = score(model, val_set)
     name = "segkit" + (" " + " ".join(extra) if extra else "")
-    return {"name": name, "mIoU": miou, "iou": iou, "seconds": seconds, "work_dir": str(work_dir)}
+    return {
+        "name": name, "mIoU": miou, "iou": iou, "seconds": seconds,
+        "gflops": gflops(model, args.crop), "work_dir": str(work_dir),
+    }  # fmt: skip
 
 
 def cpu_name() -> str:
@@ -337,7 +359,7 @@ def main() -> int:
         f"{args.backbone}, {args.iters} iterations of batch {args.batch}, crop {args.crop}",
         flush=True,
     )
-    print(f"{'contender':<40} {'mIoU':>6} {'min':>6}  per class", flush=True)
+    print(f"{'contender':<40} {'mIoU':>6} {'min':>6} {'GFLOPs':>6}  per class", flush=True)
     for name in args.only:
         if name == "segkit":
             result = run_segkit(root, args, extra)
@@ -347,8 +369,8 @@ def main() -> int:
         result.update(backbone=args.backbone, **sizes)
         per_class = " ".join(f"{v:.2f}" for v in result["iou"])
         print(
-            f"{result['name']:<40} {result['mIoU']:6.3f} {result['seconds'] / 60:6.1f}  "
-            f"{per_class}",
+            f"{result['name']:<40} {result['mIoU']:6.3f} {result['seconds'] / 60:6.1f} "
+            f"{result['gflops']:6.2f}  {per_class}",
             flush=True,
         )
         if args.json:

@@ -30,7 +30,7 @@ The plain loops draw the popular repositories' augmentation (random scale 0.5-2.
 crop padded with the ignore label, horizontal flip) from segkit's data pipeline. All three are
 scored by this script with one function: whole-image inference on the validation split, IoU of
 each of the nine classes, their mean; and each model's forward GFLOPs on one crop-sized image
-(``torch.utils.flop_counter``).
+(segkit's ``forward_gflops``, the one ``segkit models`` prints).
 
     pip install -e .[bench]
     .venv/bin/python benchmarks/real_photos.py --backbone mobilenet_v2 --iters 600
@@ -244,13 +244,10 @@ def score(model: torch.nn.Module, val_set) -> tuple[float, list[float]]:
 
 
 def gflops(model: torch.nn.Module, crop: int) -> float:
-    """Forward GFLOPs (2 per multiply-add) of ``model`` on one ``crop x crop`` image, eval mode."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Forward GFLOPs of the scored (eval-mode) ``model`` on one ``crop x crop`` image."""
+    from segkit.deploy.bench import forward_gflops
 
-    model.eval()
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, crop, crop))
-    return counter.get_total_flops() / 1e9
+    return forward_gflops(model.eval(), torch.zeros(1, 3, crop, crop))
 
 
 def _padded_smp(model: torch.nn.Module):

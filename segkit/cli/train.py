@@ -116,6 +116,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     _budget_precedence(config, set(given))
     if config.model.name != recipe_model:
         _drop_foreign_head_options(config, recipe_model, set(given))
+    if config.train.init_from and not args.config and "model.name" not in given:
+        _adopt_architecture(config, config.train.init_from, set(given))
     config.train.resume, config.train.overwrite = resume, overwrite
     return config
 
@@ -154,6 +156,42 @@ def _drop_foreign_head_options(config: Config, recipe_model: str, given: set[str
             f"{config.model.name}; left out",
             file=sys.stderr,
         )
+
+
+#: The build arguments of a checkpoint's model that the run does not take from it: the classes
+#: follow the dataset, the auxiliary head the situation.
+NOT_ADOPTED = ("num_classes", "aux")
+
+
+def _adopt_architecture(config: Config, path: str, given: set[str]) -> None:
+    """``--init-from`` a segkit checkpoint or another project's (converted in memory) without
+    ``--model`` or ``--config``: the run builds the model the file describes (head, backbone,
+    output stride, head options), each value unless a flag or ``--set`` gives it, so that every
+    weight of the file fits. A file of weights only (no model description) changes nothing: its
+    tensors load by name and shape into the configured model."""
+    from segkit.convert.checkpoints import open_checkpoint
+
+    try:
+        spec = open_checkpoint(path)["model"]
+    except ValueError:
+        return
+    for name in component_values(config.model):  # the built-in recipe's head options
+        if f"model.{name}" not in given:
+            setattr(config.model, name, None)
+    adopted = {
+        f"model.{key}": value
+        for key, value in spec.items()
+        if key not in NOT_ADOPTED and f"model.{key}" not in given and value is not None
+    }
+    config.update(adopted)
+    options = [f"{key}={value}" for key, value in component_values(config.model).items()]
+    print(
+        f"note: --init-from {path}: the model is the one the file describes, {config.model.name} "
+        f"with backbone {config.model.backbone} at output stride {config.model.output_stride}"
+        + (f" ({', '.join(options)})" if options else "")
+        + "; give --model (or --config) to train another model from the weights that fit it",
+        file=sys.stderr,
+    )
 
 
 def _run_config(work_dir: str | None) -> Config:

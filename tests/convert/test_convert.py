@@ -6,6 +6,7 @@ parity against the real models, not against recorded facts.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,34 @@ def test_init_from_a_foreign_file(tmp_path) -> None:
     first = "backbone.features.0.0.weight"
     delta = (tuned.state_dict()[first] - source_model.state_dict()[first]).abs().max()
     assert delta < 0.05
+
+
+def test_init_from_a_foreign_file_without_a_model_builds_the_files_network(
+    tmp_path, capsys
+) -> None:
+    """Without ``--model``, ``--init-from`` a VainF file trains VainF's network (its one
+    decoder conv, dropout 0.1, the block padding of its MobileNetV2), not segkit's default:
+    every tensor but the 21-class classifier loads."""
+    from convertkit import layouts, to_source
+
+    options = {"decoder_convs": 1, "aspp_dropout": 0.1, "pad_block_input": True}
+    source_model = segkit.create_model(
+        "deeplabv3plus", backbone="mobilenet_v2", num_classes=21, pad_stem=False, **options
+    )
+    state = to_source(source_model, layouts("vainf")["deeplabv3plus_mobilenet"], "vainf")
+    path = tmp_path / "best_deeplabv3plus_mobilenet_voc_os16.pth"
+    torch.save({"model_state": state}, path)
+    work = tmp_path / "run"
+    tiny = ["--set", "data.length=8", "--set", "data.val_length=4", "--no-aux", "--set",
+            "data.image_size=48", "--crop-size", "40", "--batch-size", "4",
+            "--workers", "0"]  # fmt: skip
+    assert main(["train", *tiny, "--init-from", str(path), "--iters", "1",
+                 "--work-dir", str(work)]) == 0  # fmt: skip
+    assert "the model is the one the file describes, deeplabv3plus" in capsys.readouterr().err
+    log = (work / "train.log").read_text()
+    assert re.findall(r"shape mismatch, skipped: (\S+):", log) == [
+        "classifier.classifier.weight", "classifier.classifier.bias"]  # fmt: skip
+    assert "missing (" not in log and "unexpected (" not in log
+    built = load_checkpoint(work / "checkpoints" / "last.pt")["model"]
+    assert {key: built[key] for key in options} == options
+    assert "recipe continuing" in log and built.get("separable", False) is False

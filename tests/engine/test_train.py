@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -193,10 +194,31 @@ def test_init_from_loads_matching_tensors_and_reports(tmp_path, capsys) -> None:
                  "--workers", "0", "--work-dir", str(tmp_path / "two"),
                  "--init-from", str(source / "checkpoints" / "last.pt")])  # fmt: skip
     assert code == 0
-    out = capsys.readouterr().out
-    assert "shape mismatch, skipped: classifier.classifier.weight" in out
-    meta = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")["meta"]
+    out, err = capsys.readouterr()
+    # no --model: the run builds the source's network (the shapes recipe's 128-wide head), so
+    # every tensor but the classes' classifier loads
+    assert "the model is the one the file describes, deeplabv3plus with backbone mobilenet_v2" \
+        in err  # fmt: skip
+    mismatched = re.findall(r"shape mismatch, skipped: (\S+):", out)
+    assert mismatched == ["classifier.classifier.weight", "classifier.classifier.bias"]
+    assert "missing (" not in out
+    tuned = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")
+    meta = tuned["meta"]
     assert len(meta["class_names"]) == 2 and meta["dataset"] == "folder"
+    assert tuned["model"]["aspp_channels"] == 128 and tuned["model"]["aux"] is False
+
+
+def test_init_from_with_a_model_named_loads_what_fits_it(tmp_path, capsys) -> None:
+    _, source = _train(tmp_path, "src", "--iters", "1", "--val-interval", "1")
+    capsys.readouterr()
+    last = str(source / "checkpoints" / "last.pt")
+    code, _ = _train(
+        tmp_path, "other", "--iters", "1", "--init-from", last, "--set", "model.aspp_channels=64"
+    )
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert "the file describes" not in err  # --model given (TINY): the named model is built
+    assert "shape mismatch, skipped: classifier.aspp.convs.0.0.weight" in out
 
 
 def test_sync_bn_on_cpu_is_refused(tmp_path, capsys) -> None:

@@ -159,9 +159,8 @@ def test_a_new_component_option_is_read_from_its_signature() -> None:
 def test_switching_the_recipes_model_leaves_out_its_head_options(capsys) -> None:
     config = _resolve("--model", "fcn")  # the shapes recipe sets DeepLabV3+ head widths
     assert config.model.aspp_channels is None and config.model.decoder_channels is None
-    assert "aspp_channels, decoder_channels (for deeplabv3plus) do not apply to fcn" in (
-        capsys.readouterr().err
-    )
+    note = "aspp_channels, separable, decoder_channels, decoder_convs (for deeplabv3plus) do "
+    assert note + "not apply to fcn" in capsys.readouterr().err
     kept = _resolve("--model", "fcn", "--aspp-channels", "64")  # given: kept, and refused later
     assert kept.model.aspp_channels == 64
 

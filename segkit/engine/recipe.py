@@ -4,7 +4,8 @@ A run is in one of three situations:
 
 * **from scratch**: no ``--pretrained-backbone`` and no ``--init-from``. The whole network
   learns from random weights: AdamW with a linear warm-up, the backbone at the full rate, an
-  auxiliary head for deep supervision, cross-entropy plus dice loss (what
+  auxiliary head for deep supervision, cross-entropy plus dice loss, and DeepLabV3+ with its
+  lighter head (atrous separable 3x3 convolutions, one in the decoder: what
   ``benchmarks/real_photos.py`` measured best; see ``benchmarks/README.md``).
 * **pretrained backbone**: ImageNet weights under a new head: the popular repositories' SGD
   recipe, the backbone at a tenth of the rate.
@@ -42,7 +43,8 @@ REFERENCE_BATCH = 16  # the batch the situations' learning rates are given for
 
 #: Per situation: optimiser, learning rate at batch 16 for each optimiser (the situation's
 #: own, and the other one's when a flag asks for it), weight decay, warm-up as a share of the
-#: run, backbone LR multiplier, auxiliary head, loss.
+#: run, backbone LR multiplier, auxiliary head, loss, and head options per model (each unless
+#: given; a model not named keeps its own defaults).
 SITUATIONS: dict[str, dict[str, Any]] = {
     SCRATCH: {
         "optimizer": "adamw",
@@ -52,6 +54,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "backbone_lr_mult": 1.0,
         "aux": True,
         "loss": "ce+dice",
+        "head": {"deeplabv3plus": {"separable": True, "decoder_convs": 1}},
     },
     PRETRAINED: {
         "optimizer": "sgd",
@@ -61,6 +64,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "backbone_lr_mult": 0.1,
         "aux": False,
         "loss": "ce",
+        "head": {},
     },
     CONTINUING: {
         "optimizer": "sgd",
@@ -70,6 +74,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "backbone_lr_mult": 1.0,
         "aux": False,
         "loss": "ce",
+        "head": {},
     },
 }
 MAX_WARMUP = 1500  # iterations
@@ -179,6 +184,8 @@ def choose_recipe(
         situation + (", deep supervision" if values["aux"] else ""),
     )
     decide(train, "train.loss", values["loss"], situation)
+    for name, value in values["head"].get(model.name, {}).items():
+        decide(model, f"model.{name}", value, f"{situation}: the lighter head")
     if train_set is not None:
         crop, reason = crop_from_sizes(image_sizes(train_set))
         decide(data, "data.crop_size", crop, reason)
@@ -238,6 +245,8 @@ LABELS = {  # key -> (label, format of the value)
     "train.backbone_lr_mult": "backbone lr",
     "model.aux": "aux head",
     "train.loss": "loss",
+    "model.separable": "separable 3x3",
+    "model.decoder_convs": "decoder convs",
     "data.crop_size": "crop",
     "train.iters": "budget",
     "train.warmup_iters": "warm-up",

@@ -14,10 +14,11 @@ from segkit.cli import main
 from segkit.cli import train as train_cli
 from segkit.config import Config
 from segkit.datasets import build_dataset
-from segkit.engine.build import resolve_config
+from segkit.engine.build import build_model, resolve_config
 from segkit.engine.data import build_datasets, crop_from_sizes
 from segkit.engine.progress import pace_line
 from segkit.engine.recipe import CONTINUING, PRETRAINED, SCRATCH, choose_recipe, situation_of
+from segkit.models.layers import SeparableConvBNReLU
 
 
 def _cli(*argv: str) -> Config:
@@ -68,6 +69,28 @@ def test_each_situation_gets_its_recipe_scaled_with_the_total_batch() -> None:
     assert train.loss == "ce"
 
 
+def test_from_scratch_deeplabv3plus_gets_the_lighter_head_and_builds_it() -> None:
+    scratch = choose_recipe(_voc_like(**{"train.iters": 60}))
+    model, chosen = scratch.config.model, _choices(scratch)
+    assert (model.separable, model.decoder_convs) == (True, 1)
+    assert chosen["model.separable"] == (True, "from scratch: the lighter head")
+    assert chosen["model.decoder_convs"] == (1, "from scratch: the lighter head")
+    built = build_model(scratch.config, num_classes=3)
+    assert built.config["separable"] is True and built.config["decoder_convs"] == 1
+    assert [type(m) for m in built.classifier.decoder] == [SeparableConvBNReLU]
+    assert isinstance(built.classifier.aspp.convs[1], SeparableConvBNReLU)  # a dilated branch
+    # fine-tuning and continuing keep the model's own head; other models get no head values
+    for values in ({"model.pretrained_backbone": "r50.pth"}, {"train.init_from": "x.pt"}):
+        other = choose_recipe(_voc_like(**values))
+        assert (other.config.model.separable, other.config.model.decoder_convs) == (None, None)
+        assert "model.separable" not in _choices(other)
+    assert "model.separable" not in _choices(choose_recipe(_voc_like(**{"model.name": "fcn"})))
+    # a head option given wins, the other one is still chosen
+    given = _choices(choose_recipe(_cli("--dataset", "voc", "--decoder-convs", "2")))
+    assert given["model.decoder_convs"] == (2, "given")
+    assert given["model.separable"] == (True, "from scratch: the lighter head")
+
+
 def test_values_the_user_gives_win_and_are_said_to_be_given() -> None:
     config = _cli(
         "--dataset", "voc", "--data-root", "x", "--optimizer", "sgd", "--lr", "0.05",
@@ -101,6 +124,8 @@ def test_the_banner_block_names_situation_values_and_reasons() -> None:
     assert any(r.split() == ["optimizer", "adamw", "(from", "scratch)"] for r in rows)
     assert any(r.split()[:4] == ["validation", "every", "60", "iterations"] for r in rows)
     assert any(r.split()[:3] == ["budget", "600", "iterations"] and "(given)" in r for r in rows)
+    assert any(r.split()[:4] == ["separable", "3x3", "on", "(from"] for r in rows)
+    assert any(r.split()[:3] == ["decoder", "convs", "1"] for r in rows)
 
 
 def test_iters_and_epochs_on_the_command_line_beat_the_recipe(tmp_path) -> None:
@@ -206,7 +231,7 @@ def test_a_run_prints_its_recipe_and_pace_and_validates_about_ten_times(tmp_path
     assert "recipe from scratch (no --pretrained-backbone, no --init-from):" in log
     assert "(from scratch: 0.004 at batch 16 x sqrt(4/16))" in log
     assert re.search(r"  loss +ce\+dice +\(from scratch\)$", log, re.MULTILINE)
-    assert "crop          32 px" in log and "training images 36-36 x 36-36 px" in log
+    assert re.search(r"  crop +32 px +\(training images 36-36 x 36-36 px", log)
     assert "pace: " in log and "the remaining 4 iterations take about" in log
     validations = [line for line in log.splitlines() if "validation at iteration" in line]
     validations = [line for line in validations if ": mIoU" in line]  # not the results title

@@ -45,6 +45,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -349,6 +350,9 @@ def main() -> int:
     parser.add_argument("--verbose", action="store_true", help="show segkit train's output")
     args, extra = parser.parse_known_args()
     extra = [e for e in extra if e != "--"]
+    # SIGTERM (kill, a scheduler's time limit) unwinds like Ctrl-C: subprocess.run then stops
+    # the segkit train it waits for instead of leaving it running on its own
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     torch.set_num_threads(args.threads)
     root = build_set(args.cache)
     print(

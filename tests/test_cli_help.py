@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import segkit
-from segkit.cli import HelpFormatter, build_parser, main, one_line_warnings
+from segkit.cli import HelpFormatter, build_parser, main, one_line, one_line_warnings
 from segkit.cli import train as train_cli
 from segkit.cli.common import config_flags
 from segkit.config import Config, DataConfig, ModelConfig
@@ -172,6 +172,12 @@ def test_print_config_prints_the_resolved_configuration(capsys) -> None:
     assert config.train.lr == 0.05 and config.data.dataset == "shapes"
     assert config.eval.window == config.data.crop_size  # slide's default window
     assert config.train.backbone_lr_mult == 1.0  # no pretrained weights: full rate
+
+
+def test_a_system_error_is_its_file_and_reason_whether_the_name_is_str_or_bytes() -> None:
+    for name in ("runs/a/x.tfevents", b"runs/a/x.tfevents"):  # TensorBoard's writer: bytes
+        err = FileNotFoundError(2, "No such file or directory", name)
+        assert one_line(err) == "runs/a/x.tfevents: no such file or directory"
 
 
 def test_warnings_are_one_line_without_source_location(capsys) -> None:

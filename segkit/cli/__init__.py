@@ -109,7 +109,7 @@ def one_line(err: BaseException) -> str:
     """``err`` as text; an ``OSError`` from the system gets its file name and reason, not its
     errno tuple (``[Errno 28] No space left on device: 'x'`` -> ``x: no space left on device``)."""
     if isinstance(err, OSError) and err.strerror and type(err).__str__ is OSError.__str__:
-        where = f"{err.filename}: " if err.filename else ""
+        where = f"{os.fsdecode(err.filename)}: " if err.filename else ""  # bytes: TensorBoard
         return f"{where}{err.strerror[0].lower()}{err.strerror[1:]}"
     return str(err)
 

@@ -143,8 +143,9 @@ class _DataSection:
     )
     hflip: float = option(0.5, help="probability of a horizontal flip", min=0, max=1)
     color_jitter: list[float] | None = option(
-        help="brightness, contrast, saturation, hue jitter (none: off)",
-        factory=lambda: [0.25, 0.25, 0.25, 0.0],
+        None,
+        help="brightness, contrast, saturation, hue jitter, e.g. 0.25,0.25,0.25,0 (none: off, as "
+        "in the popular recipes)",
         length=4,
     )
     crop_val: bool = option(False, help="resize and centre-crop validation images to crop_size")

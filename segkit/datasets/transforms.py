@@ -156,7 +156,7 @@ def build_train_transforms(
     *,
     scale_range: tuple[float, float] | None = (0.5, 2.0),
     hflip: float = 0.5,
-    color_jitter: tuple[float, float, float, float] | None = (0.25, 0.25, 0.25, 0.0),
+    color_jitter: tuple[float, float, float, float] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     ignore_index: int = 255,

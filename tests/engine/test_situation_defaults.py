@@ -15,7 +15,7 @@ from segkit.cli import train as train_cli
 from segkit.config import Config
 from segkit.datasets import build_dataset
 from segkit.engine.build import build_model, resolve_config
-from segkit.engine.data import build_datasets, crop_from_sizes
+from segkit.engine.data import build_datasets, crop_from_sizes, train_transforms
 from segkit.engine.progress import pace_line
 from segkit.engine.recipe import CONTINUING, PRETRAINED, SCRATCH, choose_recipe, situation_of
 from segkit.models.layers import SeparableConvBNReLU
@@ -239,3 +239,15 @@ def test_a_run_prints_its_recipe_and_pace_and_validates_about_ten_times(tmp_path
     saved = Config.load(tmp_path / "run" / "config.yaml")
     assert (saved.train.optimizer, saved.data.crop_size, saved.train.val_interval) == (
         "adamw", 32, 1)  # fmt: skip
+
+
+def test_colour_jitter_is_off_unless_a_recipe_or_flag_asks_for_it() -> None:
+    """Off by default, as in the popular recipes (real_photos.py measured it no better from
+    scratch); the shapes recipe keeps the jitter it was measured with; a flag turns it on."""
+    plain = _voc_like(**{"data.crop_size": 32})
+    assert plain.data.color_jitter is None
+    assert "ColorJitter" not in repr(train_transforms(plain))
+    shapes = Config.load("shapes")
+    assert "ColorJitter" in repr(train_transforms(shapes))
+    flagged = _cli("--dataset", "voc", "--crop-size", "32", "--color-jitter", "0.2,0.2,0.2,0")
+    assert "ColorJitter(brightness=(0.8, 1.2)" in repr(train_transforms(flagged))

@@ -110,6 +110,12 @@ class _ModelSection:
         help="upsample with align_corners=True (decoder, JPU, final resize), as the models of "
         "pytorch-deeplab-xception, PyTorch-Encoding and FastFCN were trained",
     )
+    zero_init_residual: bool | None = option(
+        None,
+        help="start the last BatchNorm of each residual block of the backbone at zero, so the "
+        "block begins as the identity (none: chosen from the situation, on from scratch; off "
+        "keeps the network's own initialisation)",
+    )
 
 
 @dataclass

@@ -167,6 +167,7 @@ def build_model(config: Config, num_classes: int, meta: dict[str, Any] | None = 
         pretrained_backbone=m.pretrained_backbone,
         multi_grid=m.multi_grid,
         align_corners=m.align_corners,
+        zero_init_residual=bool(m.zero_init_residual),
         meta=meta,
         **component_values(m),
     )

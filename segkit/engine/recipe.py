@@ -4,7 +4,8 @@ A run is in one of three situations:
 
 * **from scratch**: no ``--pretrained-backbone`` and no ``--init-from``. The whole network
   learns from random weights: AdamW with a linear warm-up, the backbone at the full rate, an
-  auxiliary head for deep supervision, cross-entropy plus dice loss, and DeepLabV3+ with its
+  auxiliary head for deep supervision, residual blocks that start as the identity (the last
+  BatchNorm of each at zero), cross-entropy plus dice loss, and DeepLabV3+ with its
   lighter head (atrous separable 3x3 convolutions, one in the decoder: what
   ``benchmarks/real_photos.py`` measured best; see ``benchmarks/README.md``).
 * **pretrained backbone**: ImageNet weights under a new head: the popular repositories' SGD
@@ -43,8 +44,8 @@ REFERENCE_BATCH = 16  # the batch the situations' learning rates are given for
 
 #: Per situation: optimiser, learning rate at batch 16 for each optimiser (the situation's
 #: own, and the other one's when a flag asks for it), weight decay, warm-up as a share of the
-#: run, backbone LR multiplier, auxiliary head, loss, and head options per model (each unless
-#: given; a model not named keeps its own defaults).
+#: run, backbone LR multiplier, auxiliary head, zero-initialised residual branches, loss, and
+#: head options per model (each unless given; a model not named keeps its own defaults).
 SITUATIONS: dict[str, dict[str, Any]] = {
     SCRATCH: {
         "optimizer": "adamw",
@@ -53,6 +54,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "warmup": 0.05,
         "backbone_lr_mult": 1.0,
         "aux": True,
+        "zero_init_residual": True,
         "loss": "ce+dice",
         "head": {"deeplabv3plus": {"separable": True, "decoder_convs": 1}},
     },
@@ -63,6 +65,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "warmup": 0.0,
         "backbone_lr_mult": 0.1,
         "aux": False,
+        "zero_init_residual": False,
         "loss": "ce",
         "head": {},
     },
@@ -73,6 +76,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "warmup": 0.0,
         "backbone_lr_mult": 1.0,
         "aux": False,
+        "zero_init_residual": False,
         "loss": "ce",
         "head": {},
     },
@@ -183,6 +187,12 @@ def choose_recipe(
         values["aux"],
         situation + (", deep supervision" if values["aux"] else ""),
     )
+    decide(
+        model,
+        "model.zero_init_residual",
+        values["zero_init_residual"],
+        situation + (": blocks start as the identity" if values["zero_init_residual"] else ""),
+    )
     decide(train, "train.loss", values["loss"], situation)
     for name, value in values["head"].get(model.name, {}).items():
         decide(model, f"model.{name}", value, f"{situation}: the lighter head")
@@ -244,6 +254,7 @@ LABELS = {  # key -> (label, format of the value)
     "train.weight_decay": "weight decay",
     "train.backbone_lr_mult": "backbone lr",
     "model.aux": "aux head",
+    "model.zero_init_residual": "zero-init residual",
     "train.loss": "loss",
     "model.separable": "separable 3x3",
     "model.decoder_convs": "decoder convs",

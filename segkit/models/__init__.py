@@ -21,6 +21,7 @@ from segkit.models.backbones import (
     build_backbone,
     list_backbones,
 )
+from segkit.models.backbones.base import zero_init_residual as zero_init_residual_blocks
 from segkit.models.heads.deeplab import DeepLabV3Head, DeepLabV3PlusHead, default_aspp_rates
 from segkit.models.heads.encnet import EncNetHead
 from segkit.models.heads.fcn import FCN8sHead, FCNHead
@@ -221,6 +222,7 @@ def create_model(
     pretrained_backbone: str | os.PathLike | bool | None = None,
     multi_grid: Sequence[int] | None = None,
     align_corners: bool = False,
+    zero_init_residual: bool = False,
     meta: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> Segmenter:
@@ -246,6 +248,10 @@ def create_model(
         align_corners: bilinear upsampling with ``align_corners=True`` everywhere the model
             upsamples (decoder, JPU, EncNet's lateral maps, the final resize), as the models of
             jfzhang95/pytorch-deeplab-xception, PyTorch-Encoding and FastFCN were trained.
+        zero_init_residual: start the last BatchNorm of every residual block of the backbone
+            at zero (:func:`~segkit.models.backbones.base.zero_init_residual`), before any
+            pretrained weights load; false keeps the network's own initialisation. An
+            initialisation, not part of the architecture: checkpoints do not record it.
         meta: what the outputs mean, carried as ``model.meta`` and in checkpoints (class
             names, palette, mean, std, ignore index); the forward pass does not read it.
         **options: head options of the model (:func:`head_options`) and options of the
@@ -282,6 +288,12 @@ def create_model(
     body = build_backbone(
         backbone, output_stride=output_stride, multi_grid=multi_grid, **body_options
     )
+    if zero_init_residual and not zero_init_residual_blocks(body):
+        logger.warning(
+            "zero_init_residual: backbone %r has no residual block segkit knows how to start at "
+            "zero; it keeps its own initialisation",
+            backbone,
+        )
     neck = JPU(body.channels, body.reductions, align_corners=align_corners) if jpu else None
     spec: FeatureSpec = body if neck is None else neck
     if pretrained_backbone:

@@ -91,6 +91,22 @@ def test_from_scratch_deeplabv3plus_gets_the_lighter_head_and_builds_it() -> Non
     assert given["model.separable"] == (True, "from scratch: the lighter head")
 
 
+def test_from_scratch_residual_blocks_start_as_the_identity() -> None:
+    scratch = choose_recipe(_voc_like(**{"train.iters": 60, "model.backbone": "resnet50"}))
+    assert _choices(scratch)["model.zero_init_residual"] == (
+        True, "from scratch: blocks start as the identity")  # fmt: skip
+    built = build_model(scratch.config, num_classes=3)
+    assert all(float(b.bn3.weight.detach().abs().max()) == 0 for b in built.backbone.layer1)
+    pretrained = choose_recipe(_voc_like(**{"model.pretrained_backbone": "r50.pth"}))
+    assert _choices(pretrained)["model.zero_init_residual"] == (False, "pretrained backbone")
+    given = choose_recipe(
+        _cli("--dataset", "voc", "--backbone", "resnet50", "--no-zero-init-residual")
+    )
+    assert _choices(given)["model.zero_init_residual"] == (False, "given")
+    built = build_model(given.config, num_classes=3)
+    assert all(float(b.bn3.weight.detach().min()) == 1 for b in built.backbone.layer1)
+
+
 def test_values_the_user_gives_win_and_are_said_to_be_given() -> None:
     config = _cli(
         "--dataset", "voc", "--data-root", "x", "--optimizer", "sgd", "--lr", "0.05",
@@ -113,7 +129,7 @@ def test_values_the_user_gives_win_and_are_said_to_be_given() -> None:
     shipped = choose_recipe(_cli("--config", "voc2012aug_deeplabv3plus_mobilenet_os16_513"))
     assert all(
         reason == "given" for key, (_, reason) in _choices(shipped).items()
-        if key != "train.backbone_lr_mult"
+        if key not in ("train.backbone_lr_mult", "model.zero_init_residual")
     )  # fmt: skip
 
 

@@ -38,6 +38,8 @@ from segkit.engine.data import (
     image_sizes,
     train_transforms,
 )
+from segkit.models import head_input_stride
+from segkit.models.heads.deeplab import PAPER_CROP, aspp_rates_for_crop
 
 SCRATCH, PRETRAINED, CONTINUING = "from scratch", "pretrained backbone", "continuing"
 REFERENCE_BATCH = 16  # the batch the situations' learning rates are given for
@@ -57,6 +59,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "zero_init_residual": True,
         "loss": "ce+dice",
         "head": {"deeplabv3plus": {"separable": True, "decoder_convs": 1}},
+        "aspp_rates_from_crop": True,
     },
     PRETRAINED: {
         "optimizer": "sgd",
@@ -68,6 +71,7 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "zero_init_residual": False,
         "loss": "ce",
         "head": {},
+        "aspp_rates_from_crop": False,
     },
     CONTINUING: {
         "optimizer": "sgd",
@@ -79,8 +83,10 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "zero_init_residual": False,
         "loss": "ce",
         "head": {},
+        "aspp_rates_from_crop": False,
     },
 }
+ASPP_MODELS = ("deeplabv3", "deeplabv3plus")  # the models whose ASPP rates follow the crop
 MAX_WARMUP = 1500  # iterations
 DEFAULT_EPOCHS = 200  # the budget when neither iters nor epochs is given...
 MIN_DEFAULT_ITERS, MAX_DEFAULT_ITERS = 1000, 30000  # ...within these (30k: the popular recipes)
@@ -199,6 +205,16 @@ def choose_recipe(
     if train_set is not None:
         crop, reason = crop_from_sizes(image_sizes(train_set))
         decide(data, "data.crop_size", crop, reason)
+    if values["aspp_rates_from_crop"] and model.name in ASPP_MODELS and data.crop_size:
+        stride = head_input_stride(model.name, model.backbone, model.output_stride, model.jpu)
+        rates = aspp_rates_for_crop(stride, data.crop_size)
+        paper = ",".join(str(r) for r in aspp_rates_for_crop(stride, PAPER_CROP))
+        decide(
+            model,
+            "model.aspp_rates",
+            list(rates),
+            f"{situation}: the paper's {paper} x crop {data.crop_size}/{PAPER_CROP}",
+        )
     if train_set is not None:
         train_size = len(train_set)
     budget = run_length(resolved, train_size, world)
@@ -258,6 +274,7 @@ LABELS = {  # key -> (label, format of the value)
     "train.loss": "loss",
     "model.separable": "separable 3x3",
     "model.decoder_convs": "decoder convs",
+    "model.aspp_rates": "ASPP rates",
     "data.crop_size": "crop",
     "train.iters": "budget",
     "train.warmup_iters": "warm-up",
@@ -275,5 +292,7 @@ UNITS = {
 def _shown(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
     text = f"{value:g}" if isinstance(value, float) else str(value)
     return UNITS.get(key, "{}").format(text)

@@ -14,14 +14,14 @@ from segkit.models.backbones.base import zero_init_residual
 
 def _residual_blocks(backbone: nn.Module) -> list[nn.Module]:
     """Blocks whose output is their input plus a branch, found independently of the code under
-    test: torchvision/timm ResNet blocks without a projection shortcut, and MobileNetV2 blocks
-    that add their input."""
+    test: torchvision/timm ResNet blocks without a projection shortcut, and inverted residuals
+    that add their input (torchvision's MobileNetV2, timm's EfficientNet)."""
     blocks = []
     for module in backbone.modules():
         name = type(module).__name__
-        if (name in ("Bottleneck", "BasicBlock") and module.downsample is None) or getattr(
-            module, "use_res_connect", False
-        ):
+        resnet_identity = name in ("Bottleneck", "BasicBlock") and module.downsample is None
+        adds_input = getattr(module, "use_res_connect", False) or getattr(module, "has_skip", False)
+        if resnet_identity or adds_input:
             blocks.append(module)
     return blocks
 
@@ -46,6 +46,7 @@ def _block_io(backbone: nn.Module, blocks: list[nn.Module], x: torch.Tensor) -> 
         ("resnet50s", {}, 12),  # timm (zero_init_last)
         ("mobilenet_v2", {}, 10),
         ("mobilenet_v2", {"pad_block_input": True}, 10),  # blocks wrapped by segkit
+        ("timm:efficientnet_b0", {}, 9),
     ],
 )
 def test_residual_blocks_start_as_the_identity(backbone: str, options: dict, blocks: int) -> None:

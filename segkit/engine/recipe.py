@@ -5,9 +5,10 @@ A run is in one of three situations:
 * **from scratch**: no ``--pretrained-backbone`` and no ``--init-from``. The whole network
   learns from random weights: AdamW with a linear warm-up, the backbone at the full rate, an
   auxiliary head for deep supervision, residual blocks that start as the identity (the last
-  BatchNorm of each at zero), cross-entropy plus dice loss, and DeepLabV3+ with its
-  lighter head (atrous separable 3x3 convolutions, one in the decoder: what
-  ``benchmarks/real_photos.py`` measured best; see ``benchmarks/README.md``).
+  BatchNorm of each at zero), cross-entropy plus dice loss, DeepLabV3+ with its lighter head
+  (atrous separable 3x3 convolutions, one in the decoder), and ASPP rates scaled to the crop
+  (DeepLabV3 and DeepLabV3+): what ``benchmarks/real_photos.py`` measured best; see
+  ``benchmarks/README.md``.
 * **pretrained backbone**: ImageNet weights under a new head: the popular repositories' SGD
   recipe, the backbone at a tenth of the rate.
 * **continuing**: ``--init-from`` a segkit checkpoint or another project's: the whole network

@@ -5,10 +5,9 @@ A run is in one of three situations:
 * **from scratch**: no ``--pretrained-backbone`` and no ``--init-from``. The whole network
   learns from random weights: AdamW with a linear warm-up, the backbone at the full rate, an
   auxiliary head for deep supervision, residual blocks that start as the identity (the last
-  BatchNorm of each at zero), cross-entropy plus dice loss, DeepLabV3+ with its lighter head
-  (atrous separable 3x3 convolutions, one in the decoder), and ASPP rates scaled to the crop
-  (DeepLabV3 and DeepLabV3+): what ``benchmarks/real_photos.py`` measured best; see
-  ``benchmarks/README.md``.
+  BatchNorm of each at zero), cross-entropy plus dice loss, and DeepLabV3+ with its
+  lighter head (atrous separable 3x3 convolutions, one in the decoder: what
+  ``benchmarks/real_photos.py`` measured best; see ``benchmarks/README.md``).
 * **pretrained backbone**: ImageNet weights under a new head: the popular repositories' SGD
   recipe, the backbone at a tenth of the rate.
 * **continuing**: ``--init-from`` a segkit checkpoint or another project's: the whole network
@@ -39,8 +38,6 @@ from segkit.engine.data import (
     image_sizes,
     train_transforms,
 )
-from segkit.models import head_input_stride
-from segkit.models.heads.deeplab import PAPER_CROP, aspp_rates_for_crop
 
 SCRATCH, PRETRAINED, CONTINUING = "from scratch", "pretrained backbone", "continuing"
 REFERENCE_BATCH = 16  # the batch the situations' learning rates are given for
@@ -60,7 +57,6 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "zero_init_residual": True,
         "loss": "ce+dice",
         "head": {"deeplabv3plus": {"separable": True, "decoder_convs": 1}},
-        "aspp_rates_from_crop": True,
     },
     PRETRAINED: {
         "optimizer": "sgd",
@@ -72,7 +68,6 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "zero_init_residual": False,
         "loss": "ce",
         "head": {},
-        "aspp_rates_from_crop": False,
     },
     CONTINUING: {
         "optimizer": "sgd",
@@ -84,10 +79,8 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "zero_init_residual": False,
         "loss": "ce",
         "head": {},
-        "aspp_rates_from_crop": False,
     },
 }
-ASPP_MODELS = ("deeplabv3", "deeplabv3plus")  # the models whose ASPP rates follow the crop
 MAX_WARMUP = 1500  # iterations
 DEFAULT_EPOCHS = 200  # the budget when neither iters nor epochs is given...
 MIN_DEFAULT_ITERS, MAX_DEFAULT_ITERS = 1000, 30000  # ...within these (30k: the popular recipes)
@@ -206,16 +199,6 @@ def choose_recipe(
     if train_set is not None:
         crop, reason = crop_from_sizes(image_sizes(train_set))
         decide(data, "data.crop_size", crop, reason)
-    if values["aspp_rates_from_crop"] and model.name in ASPP_MODELS and data.crop_size:
-        stride = head_input_stride(model.name, model.backbone, model.output_stride, model.jpu)
-        rates = aspp_rates_for_crop(stride, data.crop_size)
-        paper = ",".join(str(r) for r in aspp_rates_for_crop(stride, PAPER_CROP))
-        decide(
-            model,
-            "model.aspp_rates",
-            list(rates),
-            f"{situation}: the paper's {paper} x crop {data.crop_size}/{PAPER_CROP}",
-        )
     if train_set is not None:
         train_size = len(train_set)
     budget = run_length(resolved, train_size, world)
@@ -275,7 +258,6 @@ LABELS = {  # key -> (label, format of the value)
     "train.loss": "loss",
     "model.separable": "separable 3x3",
     "model.decoder_convs": "decoder convs",
-    "model.aspp_rates": "ASPP rates",
     "data.crop_size": "crop",
     "train.iters": "budget",
     "train.warmup_iters": "warm-up",
@@ -293,7 +275,5 @@ UNITS = {
 def _shown(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
     text = f"{value:g}" if isinstance(value, float) else str(value)
     return UNITS.get(key, "{}").format(text)

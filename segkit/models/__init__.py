@@ -194,22 +194,6 @@ DEFAULT_OUTPUT_STRIDE = {"fcn8s": 32}
 JPU_MODELS = ("fcn", "encnet", "deeplabv3")
 
 
-def head_input_stride(
-    name: str, backbone: str, output_stride: int | None = None, jpu: bool = False
-) -> int:
-    """Stride of the map the decode head of model ``name`` reads: JPU's 8 with ``jpu``, else
-    ``output_stride``, else the default of the model and backbone (what :func:`create_model`
-    builds)."""
-    if jpu:
-        return 8
-    if output_stride is not None:
-        return output_stride
-    entry = backbone_entry(backbone)
-    if len(entry.strides) == 1:
-        return entry.strides[0]
-    return DEFAULT_OUTPUT_STRIDE.get(name, entry.default_stride)
-
-
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`."""
     return list(MODELS)
@@ -298,8 +282,9 @@ def create_model(
     check_attention(options.get("attention"))
     jpu = False if jpu is None else jpu  # an unset CLI flag means the default
     _check_jpu(name, jpu, output_stride)
-    if output_stride is None and len(backbone_entry(backbone).strides) > 1:  # HRNetV2: one
-        output_stride = 32 if jpu else head_input_stride(name, backbone)
+    entry = backbone_entry(backbone)
+    if output_stride is None and len(entry.strides) > 1:  # HRNetV2 has one stride
+        output_stride = 32 if jpu else DEFAULT_OUTPUT_STRIDE.get(name, entry.default_stride)
     body = build_backbone(
         backbone, output_stride=output_stride, multi_grid=multi_grid, **body_options
     )

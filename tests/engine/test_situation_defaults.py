@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from torch import nn
 
 from segkit.cli import main
 from segkit.cli import train as train_cli
@@ -19,7 +18,6 @@ from segkit.engine.build import build_model, resolve_config
 from segkit.engine.data import build_datasets, crop_from_sizes, train_transforms
 from segkit.engine.progress import pace_line
 from segkit.engine.recipe import CONTINUING, PRETRAINED, SCRATCH, choose_recipe, situation_of
-from segkit.models.heads.deeplab import ASPP
 from segkit.models.layers import SeparableConvBNReLU
 
 
@@ -109,44 +107,6 @@ def test_from_scratch_residual_blocks_start_as_the_identity() -> None:
     assert all(float(b.bn3.weight.detach().min()) == 1 for b in built.backbone.layer1)
 
 
-@pytest.mark.parametrize(
-    ("values", "rates"),
-    [
-        ({"data.crop_size": 168}, [2, 4, 6]),
-        ({"data.crop_size": 168, "model.output_stride": 8}, [4, 8, 12]),
-        ({"data.crop_size": 321, "model.name": "deeplabv3"}, [4, 8, 12]),
-        ({"data.crop_size": 513}, [6, 12, 18]),  # the paper's crop: the paper's rates
-        ({"data.crop_size": 1024}, [6, 12, 18]),  # never wider than the paper's
-        ({"data.crop_size": 64}, [1, 2, 3]),
-    ],
-)
-def test_from_scratch_aspp_rates_follow_the_crop(values: dict, rates: list[int]) -> None:
-    recipe = choose_recipe(_voc_like(**{"train.iters": 60, **values}))
-    value, reason = _choices(recipe)["model.aspp_rates"]
-    assert value == rates == recipe.config.model.aspp_rates
-    assert reason.startswith("from scratch: the paper's ")
-    built = build_model(recipe.config, num_classes=3)
-    aspp = next(m for m in built.modules() if isinstance(m, ASPP))
-    dilations = [
-        next(c for c in branch.modules() if isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3))
-        for branch in aspp.convs[1:-1]  # the 3x3 branches, between the 1x1 and the pooling
-    ]
-    assert [conv.dilation[0] for conv in dilations] == rates
-
-
-def test_aspp_rates_given_or_not_from_scratch_are_not_scaled() -> None:
-    given = choose_recipe(_cli("--dataset", "voc", "--crop-size", "168", "--aspp-rates", "1,2,3"))
-    assert _choices(given)["model.aspp_rates"] == ([1, 2, 3], "given")
-    for values in ({"model.pretrained_backbone": "r50.pth"}, {"train.init_from": "x.pt"}):
-        other = choose_recipe(_voc_like(**{"data.crop_size": 168, **values}))
-        assert other.config.model.aspp_rates is None  # the model's default: the paper's
-        assert "model.aspp_rates" not in _choices(other)
-    fcn = choose_recipe(_voc_like(**{"data.crop_size": 168, "model.name": "fcn"}))
-    assert "model.aspp_rates" not in _choices(fcn)
-    unknown_crop = choose_recipe(_voc_like())  # --print-config: no split read, no crop given
-    assert "model.aspp_rates" not in _choices(unknown_crop)
-
-
 def test_values_the_user_gives_win_and_are_said_to_be_given() -> None:
     config = _cli(
         "--dataset", "voc", "--data-root", "x", "--optimizer", "sgd", "--lr", "0.05",
@@ -169,7 +129,7 @@ def test_values_the_user_gives_win_and_are_said_to_be_given() -> None:
     shipped = choose_recipe(_cli("--config", "voc2012aug_deeplabv3plus_mobilenet_os16_513"))
     assert all(
         reason == "given" for key, (_, reason) in _choices(shipped).items()
-        if key not in ("train.backbone_lr_mult", "model.zero_init_residual", "model.aspp_rates")
+        if key not in ("train.backbone_lr_mult", "model.zero_init_residual")
     )  # fmt: skip
 
 

@@ -20,24 +20,6 @@ def default_aspp_rates(output_stride: int) -> tuple[int, ...]:
     return tuple(max(1, rate * 16 // output_stride) for rate in BASE_RATES)
 
 
-PAPER_CROP = 513  # the training crop the paper's rates were chosen for
-
-
-def aspp_rates_for_crop(output_stride: int, crop: int) -> tuple[int, ...]:
-    """:func:`default_aspp_rates` scaled by ``crop / 513``, so that ASPP reaches the same share
-    of a smaller crop as the paper's rates do of its 513-pixel crops: the smallest rate scaled
-    and rounded (at least 1, never above the paper's), the others in the paper's 1:2:3
-    proportion; (2, 4, 6) for a 168-pixel crop at output stride 16.
-
-    At 513 pixels and output stride 16 the deepest map is 33 wide and rate 18 reaches 18 cells
-    either side; on a 160-pixel crop it is 10 wide, and the taps of rates 12 and 18 fall on
-    padding almost everywhere, so those branches see no more than a 1x1 convolution would.
-    """
-    paper = default_aspp_rates(output_stride)
-    unit = max(1, round(paper[0] * min(1.0, crop / PAPER_CROP)))
-    return tuple(unit * rate // paper[0] for rate in paper)
-
-
 class ASPPPooling(nn.Sequential):
     """Image-level branch: global average pool, 1x1 conv-BN-ReLU, broadcast back.
 

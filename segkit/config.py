@@ -226,6 +226,13 @@ class TrainConfig:
     )
     focal_gamma: float = option(2.0, help="focal loss exponent", min=0)
     dice_weight: float = option(1.0, help="weight of the dice term in ce+dice", min=0)
+    label_smoothing: float = option(
+        0.0,
+        help="share of each pixel's target spread over all classes, in the cross-entropy of "
+        "ce and ce+dice (0: off)",
+        min=0,
+        max=1,
+    )
     ignore_index: int = option(
         255, help="mask value excluded from loss and metrics", min=0, max=255
     )  # masks are 8-bit

@@ -40,19 +40,37 @@ class CrossEntropyLoss(nn.Module):
     """Pixel-wise cross-entropy, equal to ``F.cross_entropy(logits, target, weight,
     ignore_index=...)`` but 0 instead of NaN for a batch without labelled pixels.
 
+    With label smoothing ``e`` each labelled pixel's target is ``1 - e`` on its class plus
+    ``e / C`` on every class (Szegedy et al. 2016): without class weights what
+    ``F.cross_entropy(..., label_smoothing=e)`` computes; with them the weight of the pixel's
+    class scales its whole term (as in the weighted mean above), where ``F.cross_entropy``
+    would weight each class's share of the spread by that class's weight.
+
     Args:
         weight: optional per-class weights, shape ``C``.
         ignore_index: target value of pixels that do not contribute.
+        label_smoothing: ``e`` in ``[0, 1]``; 0 is plain cross-entropy.
     """
 
-    def __init__(self, weight: Tensor | None = None, ignore_index: int = 255) -> None:
+    def __init__(
+        self, weight: Tensor | None = None, ignore_index: int = 255, label_smoothing: float = 0.0
+    ) -> None:
         super().__init__()
+        if not 0 <= label_smoothing <= 1:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
         self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
         self.register_buffer("weight", weight)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """``logits`` ``N x C x H x W``, ``target`` ``N x H x W`` -> scalar loss."""
-        nll = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")
+        nll = F.cross_entropy(
+            logits,
+            target,
+            ignore_index=self.ignore_index,
+            reduction="none",
+            label_smoothing=self.label_smoothing,
+        )
         return _weighted_mean(nll, target, self.weight, self.ignore_index)
 
 
@@ -164,10 +182,14 @@ class CEDiceLoss(nn.Module):
     """``CE + dice_weight * dice``; see :class:`CrossEntropyLoss` and :class:`DiceLoss`."""
 
     def __init__(
-        self, weight: Tensor | None = None, ignore_index: int = 255, dice_weight: float = 1.0
+        self,
+        weight: Tensor | None = None,
+        ignore_index: int = 255,
+        dice_weight: float = 1.0,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        self.ce = CrossEntropyLoss(weight, ignore_index)
+        self.ce = CrossEntropyLoss(weight, ignore_index, label_smoothing)
         self.dice = DiceLoss(ignore_index)
         self.dice_weight = dice_weight
 
@@ -286,6 +308,7 @@ def build_criterion(
     aux_weight: float = 0.4,
     se_weight: float = 0.2,
     dice_weight: float = 1.0,
+    label_smoothing: float = 0.0,
 ) -> SegmentationLoss:
     """Build the training criterion.
 
@@ -300,22 +323,30 @@ def build_criterion(
             PyTorch-Encoding uses 0.2 and torchvision's reference scripts 0.5.
         se_weight: weight of EncNet's SE loss (0.2 as in PyTorch-Encoding).
         dice_weight: weight of the dice term in ``ce+dice``.
+        label_smoothing: share of each pixel's target spread evenly over the ``C`` classes, for
+            the cross-entropy of ``ce`` and ``ce+dice`` (0: off).
 
     Returns:
         A :class:`SegmentationLoss`; call it as ``loss, parts = criterion(outputs, target)``.
 
     Raises:
-        ValueError: for an unknown ``name`` or ``class_weights`` of the wrong length.
+        ValueError: for an unknown ``name``, ``class_weights`` of the wrong length, or label
+            smoothing with a loss that has no cross-entropy term.
     """
     weight = _as_weight_tensor(class_weights, num_classes)
+    if label_smoothing and name not in ("ce", "ce+dice"):
+        raise ValueError(
+            f"label_smoothing={label_smoothing} smooths the cross-entropy of the ce and ce+dice "
+            f"losses; the {name} loss has none: choose one of them, or label_smoothing=0"
+        )
     if name == "ce":
-        loss: nn.Module = CrossEntropyLoss(weight, ignore_index)
+        loss: nn.Module = CrossEntropyLoss(weight, ignore_index, label_smoothing)
     elif name == "focal":
         loss = FocalLoss(focal_gamma, weight, ignore_index)
     elif name == "dice":
         loss = DiceLoss(ignore_index)
     elif name == "ce+dice":
-        loss = CEDiceLoss(weight, ignore_index, dice_weight)
+        loss = CEDiceLoss(weight, ignore_index, dice_weight, label_smoothing)
     else:
         raise ValueError(f"unknown loss {name!r}; valid choices: {', '.join(LOSSES)}")
     return SegmentationLoss(

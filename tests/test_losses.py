@@ -186,3 +186,37 @@ def test_class_weight_errors() -> None:
         compute_class_weights([torch.full((2, 2), 255)], 3)
     with pytest.raises(ValueError, match="c must be > 1"):
         compute_class_weights([torch.zeros(2, 2)], 3, c=1.0)
+
+
+def _smoothed_ce_by_hand(logits, target, smoothing, weights=None) -> torch.Tensor:
+    valid = target != 255
+    log_probs = logits.log_softmax(1).permute(0, 2, 3, 1)[valid]  # pixels x C
+    labels = target[valid]
+    num_classes = logits.shape[1]
+    soft = torch.full_like(log_probs, smoothing / num_classes)
+    soft[torch.arange(len(labels)), labels] += 1 - smoothing
+    w = torch.ones(len(labels)) if weights is None else torch.tensor(weights)[labels]
+    return (w * -(soft * log_probs).sum(1)).sum() / w.sum()
+
+
+@pytest.mark.parametrize("weights", [None, WEIGHTS])
+@pytest.mark.parametrize("name", ["ce", "ce+dice"])
+def test_label_smoothing_matches_soft_targets(batch, name, weights) -> None:
+    logits, target = batch
+    dice = DiceLoss()(logits, target) if name == "ce+dice" else 0.0
+    for smoothing in (0.0, 0.1, 1.0):
+        loss = _main(name, logits, target, class_weights=weights, label_smoothing=smoothing)
+        expected = _smoothed_ce_by_hand(logits, target, smoothing, weights) + dice
+        torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(
+        _main("ce", logits, target, label_smoothing=0.1),
+        F.cross_entropy(logits, target, ignore_index=255, label_smoothing=0.1),
+    )
+
+
+def test_label_smoothing_errors() -> None:
+    for name in ("focal", "dice"):
+        with pytest.raises(ValueError, match=f"the {name} loss has none"):
+            build_criterion(name, num_classes=3, label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"in \[0, 1\], got 1.5"):
+        build_criterion("ce", num_classes=3, label_smoothing=1.5)

@@ -248,6 +248,7 @@ def build_run(
         aux_weight=train.aux_weight,
         se_weight=train.se_weight,
         dice_weight=train.dice_weight,
+        label_smoothing=train.label_smoothing,
     ).to(device)
     return RunParts(
         model=model,

@@ -233,6 +233,12 @@ def test_sync_bn_on_cpu_is_refused(tmp_path, capsys) -> None:
         (["--set", "train.lrr=0.1"], "Unknown config key: 'train.lrr'. Did you mean ['train.lr']"),
         (["--iters", "many"], "train.iters: 'many'"),
         (["--model", "unet", "--iters", "1"], "Unknown model 'unet'"),
+        (["--set", "train.label_smoothing=1.5"], "train.label_smoothing=1.5: must be <= 1"),
+        (  # reaches the loss the run builds, which says what to change
+            ["--loss", "focal", "--set", "train.label_smoothing=0.1", "--iters", "1"],
+            "label_smoothing=0.1 smooths the cross-entropy of the ce and ce+dice losses; the "
+            "focal loss has none",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, capsys, argv: list[str], message: str) -> None:

@@ -233,6 +233,18 @@ class TrainConfig:
         min=0,
         max=1,
     )
+    ohem_thresh: float | None = option(
+        None,
+        help="online hard example mining for the cross-entropy of ce and ce+dice: only pixels "
+        "whose probability of their class is below this count (none: every pixel counts)",
+        min=0,
+        max=1,
+    )
+    ohem_min_kept: int = option(
+        100_000,
+        help="with ohem_thresh: the hardest pixels of each process's batch that always count",
+        min=0,
+    )
     ignore_index: int = option(
         255, help="mask value excluded from loss and metrics", min=0, max=255
     )  # masks are 8-bit

@@ -46,24 +46,45 @@ class CrossEntropyLoss(nn.Module):
     class scales its whole term (as in the weighted mean above), where ``F.cross_entropy``
     would weight each class's share of the spread by that class's weight.
 
+    With online hard example mining (OHEM; Shrivastava et al. 2016, as mmsegmentation's
+    ``OHEMPixelSampler`` and PyTorch-Encoding's ``OhemCrossEntropy2d`` use it for segmentation)
+    only the hard pixels count: those whose predicted probability of their class is below
+    ``ohem_thresh``, and at least the ``ohem_min_kept`` hardest labelled pixels of the batch
+    whatever their probability. The others are ignored for this batch.
+
     Args:
         weight: optional per-class weights, shape ``C``.
         ignore_index: target value of pixels that do not contribute.
         label_smoothing: ``e`` in ``[0, 1]``; 0 is plain cross-entropy.
+        ohem_thresh: probability in ``[0, 1]`` below which a pixel is hard; None: no mining.
+        ohem_min_kept: with mining, the number of hardest pixels always kept.
     """
 
     def __init__(
-        self, weight: Tensor | None = None, ignore_index: int = 255, label_smoothing: float = 0.0
+        self,
+        weight: Tensor | None = None,
+        ignore_index: int = 255,
+        label_smoothing: float = 0.0,
+        ohem_thresh: float | None = None,
+        ohem_min_kept: int = 100_000,
     ) -> None:
         super().__init__()
         if not 0 <= label_smoothing <= 1:
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        if ohem_thresh is not None and not 0 <= ohem_thresh <= 1:
+            raise ValueError(f"ohem_thresh must be a probability in [0, 1], got {ohem_thresh}")
+        if ohem_min_kept < 0:
+            raise ValueError(f"ohem_min_kept must be >= 0, got {ohem_min_kept}")
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
+        self.ohem_thresh = ohem_thresh
+        self.ohem_min_kept = ohem_min_kept
         self.register_buffer("weight", weight)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """``logits`` ``N x C x H x W``, ``target`` ``N x H x W`` -> scalar loss."""
+        if self.ohem_thresh is not None:
+            target = self._hard_pixels_only(logits, target)
         nll = F.cross_entropy(
             logits,
             target,
@@ -72,6 +93,20 @@ class CrossEntropyLoss(nn.Module):
             label_smoothing=self.label_smoothing,
         )
         return _weighted_mean(nll, target, self.weight, self.ignore_index)
+
+    @torch.no_grad()
+    def _hard_pixels_only(self, logits: Tensor, target: Tensor) -> Tensor:
+        """``target`` with the easy labelled pixels set to ``ignore_index``."""
+        valid = target != self.ignore_index
+        labels = torch.where(valid, target, 0).unsqueeze(1)
+        p_true = logits.detach().float().softmax(1).gather(1, labels).squeeze(1)
+        keep = valid & (p_true < self.ohem_thresh)
+        kept_anyway = min(self.ohem_min_kept, int(valid.sum()))
+        if kept_anyway:
+            # the hardest labelled pixels: ignored ones rank last with probability 2
+            hardest = torch.where(valid, p_true, 2.0).flatten().topk(kept_anyway, largest=False)
+            keep.view(-1)[hardest.indices] = True
+        return torch.where(keep, target, self.ignore_index)
 
 
 class FocalLoss(nn.Module):
@@ -179,18 +214,13 @@ class DiceLoss(nn.Module):
 
 
 class CEDiceLoss(nn.Module):
-    """``CE + dice_weight * dice``; see :class:`CrossEntropyLoss` and :class:`DiceLoss`."""
+    """``CE + dice_weight * dice``; see :class:`CrossEntropyLoss` and :class:`DiceLoss` (the
+    dice term sees every labelled pixel, mined or not)."""
 
-    def __init__(
-        self,
-        weight: Tensor | None = None,
-        ignore_index: int = 255,
-        dice_weight: float = 1.0,
-        label_smoothing: float = 0.0,
-    ) -> None:
+    def __init__(self, ce: CrossEntropyLoss, dice_weight: float = 1.0) -> None:
         super().__init__()
-        self.ce = CrossEntropyLoss(weight, ignore_index, label_smoothing)
-        self.dice = DiceLoss(ignore_index)
+        self.ce = ce
+        self.dice = DiceLoss(ce.ignore_index)
         self.dice_weight = dice_weight
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -309,6 +339,8 @@ def build_criterion(
     se_weight: float = 0.2,
     dice_weight: float = 1.0,
     label_smoothing: float = 0.0,
+    ohem_thresh: float | None = None,
+    ohem_min_kept: int = 100_000,
 ) -> SegmentationLoss:
     """Build the training criterion.
 
@@ -325,28 +357,36 @@ def build_criterion(
         dice_weight: weight of the dice term in ``ce+dice``.
         label_smoothing: share of each pixel's target spread evenly over the ``C`` classes, for
             the cross-entropy of ``ce`` and ``ce+dice`` (0: off).
+        ohem_thresh: online hard example mining for that cross-entropy: pixels whose
+            probability of their class is below it count (None: every pixel counts).
+        ohem_min_kept: with mining, the number of hardest pixels of the batch that always
+            count. 0.7 and 100000 are the values of mmsegmentation's Cityscapes recipes.
 
     Returns:
         A :class:`SegmentationLoss`; call it as ``loss, parts = criterion(outputs, target)``.
 
     Raises:
         ValueError: for an unknown ``name``, ``class_weights`` of the wrong length, or label
-            smoothing with a loss that has no cross-entropy term.
+            smoothing or mining with a loss that has no cross-entropy term.
     """
     weight = _as_weight_tensor(class_weights, num_classes)
-    if label_smoothing and name not in ("ce", "ce+dice"):
+    ce_options = [f"label_smoothing={label_smoothing}"] if label_smoothing else []
+    ce_options += [] if ohem_thresh is None else [f"ohem_thresh={ohem_thresh}"]
+    if ce_options and name not in ("ce", "ce+dice"):
+        given = " and ".join(ce_options)
         raise ValueError(
-            f"label_smoothing={label_smoothing} smooths the cross-entropy of the ce and ce+dice "
-            f"losses; the {name} loss has none: choose one of them, or label_smoothing=0"
+            f"the {name} loss has no cross-entropy for {given}: choose the ce or ce+dice loss, "
+            f"or leave out {given}"
         )
+    ce = CrossEntropyLoss(weight, ignore_index, label_smoothing, ohem_thresh, ohem_min_kept)
     if name == "ce":
-        loss: nn.Module = CrossEntropyLoss(weight, ignore_index, label_smoothing)
+        loss: nn.Module = ce
     elif name == "focal":
         loss = FocalLoss(focal_gamma, weight, ignore_index)
     elif name == "dice":
         loss = DiceLoss(ignore_index)
     elif name == "ce+dice":
-        loss = CEDiceLoss(weight, ignore_index, dice_weight, label_smoothing)
+        loss = CEDiceLoss(ce, dice_weight)
     else:
         raise ValueError(f"unknown loss {name!r}; valid choices: {', '.join(LOSSES)}")
     return SegmentationLoss(

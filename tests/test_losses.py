@@ -216,7 +216,52 @@ def test_label_smoothing_matches_soft_targets(batch, name, weights) -> None:
 
 def test_label_smoothing_errors() -> None:
     for name in ("focal", "dice"):
-        with pytest.raises(ValueError, match=f"the {name} loss has none"):
+        with pytest.raises(ValueError, match=f"the {name} loss has no cross-entropy for lab"):
             build_criterion(name, num_classes=3, label_smoothing=0.1)
+        with pytest.raises(ValueError, match=r"for ohem_thresh=0.0: choose the ce or ce\+dice"):
+            build_criterion(name, num_classes=3, ohem_thresh=0.0)
     with pytest.raises(ValueError, match=r"in \[0, 1\], got 1.5"):
         build_criterion("ce", num_classes=3, label_smoothing=1.5)
+
+
+def _nll(logits, target) -> torch.Tensor:
+    return F.cross_entropy(logits, target, ignore_index=255, reduction="none")
+
+
+def test_ohem_keeps_the_pixels_below_the_threshold(batch) -> None:
+    logits, target = batch
+    valid = target != 255
+    p_true = (-_nll(logits, target)).exp()
+    hard = valid & (p_true < 0.4)
+    assert 0 < hard.sum() < valid.sum()  # the threshold splits this batch
+    w = torch.tensor(WEIGHTS)[target.clamp(max=2)] * hard
+    expected = (w * _nll(logits, target)).sum() / w.sum()
+    loss = _main("ce", logits, target, class_weights=WEIGHTS, ohem_thresh=0.4, ohem_min_kept=0)
+    torch.testing.assert_close(loss, expected)
+    # every pixel is below a threshold of 1, and min_kept beyond the batch keeps them all
+    plain = _main("ce", logits, target)
+    for thresh, kept in [(1.0, 0), (0.0, 10**6)]:
+        mined = _main("ce", logits, target, ohem_thresh=thresh, ohem_min_kept=kept)
+        torch.testing.assert_close(mined, plain)
+
+
+@pytest.mark.parametrize("kept", [1, 5, 17])
+def test_ohem_always_keeps_the_hardest_pixels(batch, kept) -> None:
+    logits, target = batch
+    logits.requires_grad_(True)
+    loss = _main("ce", logits, target, ohem_thresh=0.0, ohem_min_kept=kept)
+    hardest = _nll(logits, target)[target != 255].sort(descending=True).values[:kept]
+    torch.testing.assert_close(loss, hardest.mean())
+    loss.backward()  # only the kept pixels move
+    moved = logits.grad.abs().sum(1) > 0
+    assert int(moved.sum()) == kept and not moved[target == 255].any()
+
+
+def test_ohem_in_ce_plus_dice_and_on_an_ignored_batch(batch) -> None:
+    logits, target = batch
+    ce = _main("ce", logits, target, ohem_thresh=0.5)  # min_kept beyond the batch: all pixels
+    torch.testing.assert_close(ce, _main("ce", logits, target))
+    mined = _main("ce+dice", logits, target, ohem_thresh=0.4, ohem_min_kept=3)
+    expected = _main("ce", logits, target, ohem_thresh=0.4, ohem_min_kept=3)
+    torch.testing.assert_close(mined, expected + DiceLoss()(logits, target))  # dice sees all
+    assert _main("ce", logits, torch.full((2, 6, 5), 255), ohem_thresh=0.7).item() == 0.0

@@ -249,6 +249,8 @@ def build_run(
         se_weight=train.se_weight,
         dice_weight=train.dice_weight,
         label_smoothing=train.label_smoothing,
+        ohem_thresh=train.ohem_thresh,
+        ohem_min_kept=train.ohem_min_kept,
     ).to(device)
     return RunParts(
         model=model,

@@ -236,8 +236,8 @@ def test_sync_bn_on_cpu_is_refused(tmp_path, capsys) -> None:
         (["--set", "train.label_smoothing=1.5"], "train.label_smoothing=1.5: must be <= 1"),
         (  # reaches the loss the run builds, which says what to change
             ["--loss", "focal", "--set", "train.label_smoothing=0.1", "--iters", "1"],
-            "label_smoothing=0.1 smooths the cross-entropy of the ce and ce+dice losses; the "
-            "focal loss has none",
+            "the focal loss has no cross-entropy for label_smoothing=0.1: choose the ce or "
+            "ce+dice loss",
         ),
     ],
 )

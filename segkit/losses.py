@@ -99,7 +99,7 @@ class CrossEntropyLoss(nn.Module):
         """``target`` with the easy labelled pixels set to ``ignore_index``."""
         valid = target != self.ignore_index
         labels = torch.where(valid, target, 0).unsqueeze(1)
-        p_true = logits.detach().float().softmax(1).gather(1, labels).squeeze(1)
+        p_true = logits.float().softmax(1).gather(1, labels).squeeze(1)
         keep = valid & (p_true < self.ohem_thresh)
         kept_anyway = min(self.ohem_min_kept, int(valid.sum()))
         if kept_anyway:
@@ -370,23 +370,23 @@ def build_criterion(
             smoothing or mining with a loss that has no cross-entropy term.
     """
     weight = _as_weight_tensor(class_weights, num_classes)
-    ce_options = [f"label_smoothing={label_smoothing}"] if label_smoothing else []
-    ce_options += [] if ohem_thresh is None else [f"ohem_thresh={ohem_thresh}"]
-    if ce_options and name not in ("ce", "ce+dice"):
-        given = " and ".join(ce_options)
-        raise ValueError(
-            f"the {name} loss has no cross-entropy for {given}: choose the ce or ce+dice loss, "
-            f"or leave out {given}"
+    if name in ("ce", "ce+dice"):
+        ce = CrossEntropyLoss(weight, ignore_index, label_smoothing, ohem_thresh, ohem_min_kept)
+        loss: nn.Module = ce if name == "ce" else CEDiceLoss(ce, dice_weight)
+    elif name in ("focal", "dice"):
+        ce_options = [f"label_smoothing={label_smoothing}"] if label_smoothing else []
+        ce_options += [] if ohem_thresh is None else [f"ohem_thresh={ohem_thresh}"]
+        if ce_options:
+            given = " and ".join(ce_options)
+            raise ValueError(
+                f"the {name} loss has no cross-entropy for {given}: choose the ce or ce+dice "
+                f"loss, or leave out {given}"
+            )
+        loss = (
+            FocalLoss(focal_gamma, weight, ignore_index)
+            if name == "focal"
+            else DiceLoss(ignore_index)
         )
-    ce = CrossEntropyLoss(weight, ignore_index, label_smoothing, ohem_thresh, ohem_min_kept)
-    if name == "ce":
-        loss: nn.Module = ce
-    elif name == "focal":
-        loss = FocalLoss(focal_gamma, weight, ignore_index)
-    elif name == "dice":
-        loss = DiceLoss(ignore_index)
-    elif name == "ce+dice":
-        loss = CEDiceLoss(ce, dice_weight)
     else:
         raise ValueError(f"unknown loss {name!r}; valid choices: {', '.join(LOSSES)}")
     return SegmentationLoss(

@@ -3,11 +3,11 @@
 A run is in one of three situations:
 
 * **from scratch**: no ``--pretrained-backbone`` and no ``--init-from``. The whole network
-  learns from random weights: AdamW with a linear warm-up, the backbone at the full rate, an
-  auxiliary head for deep supervision, residual blocks that start as the identity (the last
-  BatchNorm of each at zero), cross-entropy plus dice loss, and DeepLabV3+ with its
-  lighter head (atrous separable 3x3 convolutions, one in the decoder: what
-  ``benchmarks/real_photos.py`` measured best; see ``benchmarks/README.md``).
+  learns from random weights: AdamW with a linear warm-up (a lower rate for the bottleneck
+  ResNets), the backbone at the full rate, an auxiliary head for deep supervision, residual
+  blocks that start as the identity (the last BatchNorm of each at zero), cross-entropy plus
+  dice loss, and DeepLabV3+ with its lighter head (atrous separable 3x3 convolutions, one in
+  the decoder: what ``benchmarks/real_photos.py`` measured best; see ``benchmarks/README.md``).
 * **pretrained backbone**: ImageNet weights under a new head: the popular repositories' SGD
   recipe, the backbone at a tenth of the rate.
 * **continuing**: ``--init-from`` a segkit checkpoint or another project's: the whole network
@@ -42,14 +42,21 @@ from segkit.engine.data import (
 SCRATCH, PRETRAINED, CONTINUING = "from scratch", "pretrained backbone", "continuing"
 REFERENCE_BATCH = 16  # the batch the situations' learning rates are given for
 
+#: The bottleneck ResNets (ResNet-50's blocks, deeper or with the deep stem).
+BOTTLENECK_RESNETS = ("resnet50", "resnet101", "resnet50s", "resnet101s")
+
 #: Per situation: optimiser, learning rate at batch 16 for each optimiser (the situation's
-#: own, and the other one's when a flag asks for it), weight decay, warm-up as a share of the
-#: run, backbone LR multiplier, auxiliary head, zero-initialised residual branches, loss, and
-#: head options per model (each unless given; a model not named keeps its own defaults).
+#: own, and the other one's when a flag asks for it) and per backbone where one has its own,
+#: weight decay, warm-up as a share of the run, backbone LR multiplier, auxiliary head,
+#: zero-initialised residual branches, loss, and head options per model (each unless given; a
+#: model or backbone not named keeps the general value).
 SITUATIONS: dict[str, dict[str, Any]] = {
     SCRATCH: {
         "optimizer": "adamw",
         "lr": {"adamw": 0.004, "sgd": 0.01},
+        # AdamW at 0.004 (batch 16) was measured best with MobileNetV2; ResNet-50 learned
+        # better at 1/sqrt(2) of it (benchmarks/README.md), and its deeper kin share its blocks.
+        "backbone_lr": {name: {"adamw": 0.00283} for name in BOTTLENECK_RESNETS},
         "weight_decay": 0.01,
         "warmup": 0.05,
         "backbone_lr_mult": 1.0,
@@ -173,12 +180,8 @@ def choose_recipe(
 
     decide(train, "train.optimizer", values["optimizer"], situation)
     total_batch = train.batch_size * world
-    decide(
-        train,
-        "train.lr",
-        _scaled_lr(values, train.optimizer, total_batch),
-        _lr_reason(situation, values, train.optimizer, total_batch),
-    )
+    rate, source = _base_lr(situation, values, train.optimizer, model.backbone)
+    decide(train, "train.lr", *_scaled_lr(rate, source, train.optimizer, total_batch))
     decide(train, "train.weight_decay", values["weight_decay"], situation)
     decide(train, "train.backbone_lr_mult", values["backbone_lr_mult"], situation)
     decide(
@@ -213,19 +216,28 @@ def choose_recipe(
     return Recipe(with_eval_defaults(resolved), situation, why, choices)
 
 
-def _scaled_lr(values: dict[str, Any], optimizer: str, batch: int) -> float:
-    """The situation's rate for ``optimizer`` at batch 16, scaled to ``batch``: linearly for
-    SGD, by the square root for AdamW."""
+def _base_lr(
+    situation: str, values: dict[str, Any], optimizer: str, backbone: str
+) -> tuple[float, str]:
+    """The situation's rate for ``optimizer`` at batch 16 (the backbone's own when it has
+    one), and where it comes from, for the banner."""
+    source = situation if optimizer == values["optimizer"] else f"{situation}, {optimizer}"
+    own = values.get("backbone_lr", {}).get(backbone, {})
+    if optimizer in own:
+        return own[optimizer], f"{source}, {backbone}"
+    return values["lr"][optimizer], source
+
+
+def _scaled_lr(rate: float, source: str, optimizer: str, batch: int) -> tuple[float, str]:
+    """``rate`` (at batch 16) scaled to ``batch``, linearly for SGD and by the square root for
+    AdamW, and the reason the banner gives."""
     ratio = batch / REFERENCE_BATCH
-    scaled = values["lr"][optimizer] * (math.sqrt(ratio) if optimizer == "adamw" else ratio)
-    return float(f"{scaled:.3g}")
-
-
-def _lr_reason(situation: str, values: dict[str, Any], optimizer: str, batch: int) -> str:
-    rule = f"sqrt({batch}/{REFERENCE_BATCH})" if optimizer == "adamw" else f"{batch}/16"
-    base = f"{situation}" if optimizer == values["optimizer"] else f"{situation}, {optimizer}"
-    at = f"{values['lr'][optimizer]:g} at batch {REFERENCE_BATCH}"
-    return f"{base}: {at}" if batch == REFERENCE_BATCH else f"{base}: {at} x {rule}"
+    scaled = rate * (math.sqrt(ratio) if optimizer == "adamw" else ratio)
+    reason = f"{source}: {rate:g} at batch {REFERENCE_BATCH}"
+    if batch != REFERENCE_BATCH:
+        rule = f"sqrt({batch}/{REFERENCE_BATCH})" if optimizer == "adamw" else f"{batch}/16"
+        reason += f" x {rule}"
+    return float(f"{scaled:.3g}"), reason
 
 
 def run_length(config: Config, train_size: int | None, world: int) -> tuple[int, str] | None:

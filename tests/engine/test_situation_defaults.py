@@ -17,7 +17,15 @@ from segkit.datasets import build_dataset
 from segkit.engine.build import build_model, resolve_config
 from segkit.engine.data import build_datasets, crop_from_sizes, train_transforms
 from segkit.engine.progress import pace_line
-from segkit.engine.recipe import CONTINUING, PRETRAINED, SCRATCH, choose_recipe, situation_of
+from segkit.engine.recipe import (
+    CONTINUING,
+    PRETRAINED,
+    SCRATCH,
+    SITUATIONS,
+    choose_recipe,
+    situation_of,
+)
+from segkit.models import list_backbones
 from segkit.models.layers import SeparableConvBNReLU
 
 
@@ -67,6 +75,31 @@ def test_each_situation_gets_its_recipe_scaled_with_the_total_batch() -> None:
     train = continuing.config.train
     assert (train.optimizer, train.lr, train.backbone_lr_mult) == ("sgd", 0.001, 1.0)
     assert train.loss == "ce"
+
+
+def test_from_scratch_the_bottleneck_resnets_get_their_own_adamw_rate() -> None:
+    def lr(*values: tuple[str, object], world: int = 1) -> tuple[float, str]:
+        recipe = choose_recipe(_voc_like(**dict(values), **{"train.batch_size": 8}), world=world)
+        return _choices(recipe)["train.lr"]
+
+    rate, reason = lr(("model.backbone", "resnet50"))
+    assert rate == pytest.approx(0.00283 * (8 / 16) ** 0.5, rel=1e-3)  # 0.002 at batch 8
+    assert reason == "from scratch, resnet50: 0.00283 at batch 16 x sqrt(8/16)"
+    assert lr(("model.backbone", "resnet101s"), world=2) == (
+        0.00283, "from scratch, resnet101s: 0.00283 at batch 16")  # fmt: skip
+    assert (
+        lr(("model.backbone", "mobilenet_v2"))[1] == "from scratch: 0.004 at batch 16 x sqrt(8/16)"
+    )
+    assert lr(("model.backbone", "xception65"))[0] == pytest.approx(0.004 * 0.5**0.5, rel=1e-3)
+    # the backbone's rate is AdamW's: SGD from scratch, fine-tuning and --lr keep theirs
+    assert lr(("model.backbone", "resnet50"), ("train.optimizer", "sgd")) == (
+        0.005, "from scratch, sgd: 0.01 at batch 16 x 8/16")  # fmt: skip
+    pretrained = lr(("model.backbone", "resnet50"), ("model.pretrained_backbone", "r50.pth"))
+    assert pretrained == (0.005, "pretrained backbone: 0.01 at batch 16 x 8/16")
+    assert lr(("model.backbone", "resnet50"), ("train.lr", 0.01)) == (0.01, "given")
+    # every backbone with its own rate is one segkit builds (a misspelt name would never match)
+    for situation in SITUATIONS.values():
+        assert set(situation.get("backbone_lr", {})) <= set(list_backbones())
 
 
 def test_from_scratch_deeplabv3plus_gets_the_lighter_head_and_builds_it() -> None:

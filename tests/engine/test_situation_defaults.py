@@ -83,10 +83,10 @@ def test_from_scratch_the_bottleneck_resnets_get_their_own_adamw_rate() -> None:
         return _choices(recipe)["train.lr"]
 
     rate, reason = lr(("model.backbone", "resnet50"))
-    assert rate == pytest.approx(0.00283 * (8 / 16) ** 0.5, rel=1e-3)  # 0.002 at batch 8
-    assert reason == "from scratch, resnet50: 0.00283 at batch 16 x sqrt(8/16)"
+    assert rate == pytest.approx(0.002 * (8 / 16) ** 0.5, rel=1e-2)  # 0.00141 at batch 8 (3 digits)
+    assert reason == "from scratch, resnet50: 0.002 at batch 16 x sqrt(8/16)"
     assert lr(("model.backbone", "resnet101s"), world=2) == (
-        0.00283, "from scratch, resnet101s: 0.00283 at batch 16")  # fmt: skip
+        0.002, "from scratch, resnet101s: 0.002 at batch 16")  # fmt: skip
     assert (
         lr(("model.backbone", "mobilenet_v2"))[1] == "from scratch: 0.004 at batch 16 x sqrt(8/16)"
     )

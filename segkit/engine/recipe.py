@@ -38,12 +38,10 @@ from segkit.engine.data import (
     image_sizes,
     train_transforms,
 )
+from segkit.models.backbones.resnet import RESNETS
 
 SCRATCH, PRETRAINED, CONTINUING = "from scratch", "pretrained backbone", "continuing"
 REFERENCE_BATCH = 16  # the batch the situations' learning rates are given for
-
-#: The bottleneck ResNets (ResNet-50's blocks, deeper or with the deep stem).
-BOTTLENECK_RESNETS = ("resnet50", "resnet101", "resnet50s", "resnet101s")
 
 #: Per situation: optimiser, learning rate at batch 16 for each optimiser (the situation's
 #: own, and the other one's when a flag asks for it) and per backbone where one has its own,
@@ -55,8 +53,9 @@ SITUATIONS: dict[str, dict[str, Any]] = {
         "optimizer": "adamw",
         "lr": {"adamw": 0.004, "sgd": 0.01},
         # AdamW at 0.004 (batch 16) was measured best with MobileNetV2; ResNet-50 learned
-        # better at half of it (benchmarks/README.md), and its deeper kin share its blocks.
-        "backbone_lr": {name: {"adamw": 0.002} for name in BOTTLENECK_RESNETS},
+        # better at half of it (benchmarks/README.md), and segkit's other ResNets (RESNETS:
+        # ResNet-101, the deep-stem kin) share its bottleneck blocks.
+        "backbone_lr": {name: {"adamw": 0.002} for name in RESNETS},
         "weight_decay": 0.01,
         "warmup": 0.05,
         "backbone_lr_mult": 1.0,
@@ -235,8 +234,8 @@ def _scaled_lr(rate: float, source: str, optimizer: str, batch: int) -> tuple[fl
     scaled = rate * (math.sqrt(ratio) if optimizer == "adamw" else ratio)
     reason = f"{source}: {rate:g} at batch {REFERENCE_BATCH}"
     if batch != REFERENCE_BATCH:
-        rule = f"sqrt({batch}/{REFERENCE_BATCH})" if optimizer == "adamw" else f"{batch}/16"
-        reason += f" x {rule}"
+        rule = f"{batch}/{REFERENCE_BATCH}"
+        reason += f" x sqrt({rule})" if optimizer == "adamw" else f" x {rule}"
     return float(f"{scaled:.3g}"), reason
 
 
